@@ -1,0 +1,1 @@
+//! rha-azure (filled by a later issue).

@@ -1,0 +1,1 @@
+//! Scenarios (filled by the scenario work).

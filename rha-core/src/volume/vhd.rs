@@ -1,0 +1,4 @@
+//! Fixed VHD (in progress).
+/// A fixed VHD.
+#[derive(Debug)]
+pub struct VhdVolume {}

@@ -1,0 +1,1 @@
+//! rha-py (filled by a later issue).

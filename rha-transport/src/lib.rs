@@ -1,0 +1,1 @@
+//! rha-transport (filled by a later issue).
