@@ -1,1 +1,10 @@
-//! Shared conformance suites.
+//! Shared conformance suites: every implementation of [`Volume`](crate::volume::Volume),
+//! [`ReplicaSink`](crate::sink::ReplicaSink) and [`ChangeSource`](crate::source::ChangeSource),
+//! in this crate and in adapters such as `rha-azure`, runs the same checks.
+//! The functions panic with a message naming the broken rule.
+
+mod sink;
+mod source;
+
+pub use sink::run_sink_suite;
+pub use source::{run_source_suite, SourceUnderTest};

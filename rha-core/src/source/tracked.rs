@@ -1,0 +1,165 @@
+//! The write-through tracked volume: the in-process write splitter.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{ChangeSource, SourceError};
+use crate::events::{Event, Events, Stats};
+use crate::journal::{Appended, Journal, JournalConfig, JournalError, Record, Recovery};
+use crate::volume::{Volume, VolumeError};
+use crate::{Seq, VolumeId};
+
+/// A set of protected volumes whose every write is journalled before it
+/// reaches the disk. Embedders write through [`TrackedSet::volume`]; the
+/// set is the [`ChangeSource`] replication reads.
+#[derive(Debug)]
+pub struct TrackedSet {
+    journal: Arc<Journal>,
+    dir: PathBuf,
+    volumes: Vec<Arc<dyn Volume>>,
+    order: Arc<Mutex<()>>,
+    events: Events,
+}
+
+impl TrackedSet {
+    /// Opens (or creates) the journal in `journal_dir` for `volumes` and
+    /// reports what recovery found.
+    pub fn open(
+        journal_dir: impl AsRef<Path>,
+        config: JournalConfig,
+        volumes: Vec<Arc<dyn Volume>>,
+        events: Events,
+    ) -> Result<(Self, Recovery), SourceError> {
+        let dir = journal_dir.as_ref().to_path_buf();
+        let sizes: Vec<u64> = volumes.iter().map(|v| v.size()).collect();
+        let (journal, recovery) = Journal::open(&dir, config, &sizes)?;
+        let set = TrackedSet {
+            journal: Arc::new(journal),
+            dir,
+            volumes,
+            order: Arc::new(Mutex::new(())),
+            events,
+        };
+        Ok((set, recovery))
+    }
+
+    /// The volume `id`, wrapped so that writes are journalled.
+    pub fn volume(&self, id: VolumeId) -> Option<TrackedVolume> {
+        let inner = self.volumes.get(id as usize)?.clone();
+        Some(TrackedVolume {
+            id,
+            inner,
+            journal: self.journal.clone(),
+            dir: self.dir.clone(),
+            order: self.order.clone(),
+            events: self.events.clone(),
+        })
+    }
+
+    /// The journal (for statistics and shutdown).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+}
+
+impl ChangeSource for TrackedSet {
+    fn volumes(&self) -> &[Arc<dyn Volume>] {
+        &self.volumes
+    }
+    fn changes_after(&self, after: Seq, max_bytes: usize) -> Result<Vec<Record>, SourceError> {
+        Ok(self.journal.read_after(after, max_bytes)?)
+    }
+    fn acknowledge(&self, upto: Seq) -> Result<(), SourceError> {
+        self.journal.acknowledge(upto)?;
+        Stats::set(&self.events.stats().journal_bytes, self.journal.bytes());
+        Ok(())
+    }
+    fn last_seq(&self) -> Seq {
+        self.journal.last_seq()
+    }
+    fn acknowledged(&self) -> Seq {
+        self.journal.acknowledged()
+    }
+    fn needs_resync(&self) -> bool {
+        self.journal.needs_resync()
+    }
+    fn dirty_ranges(&self, volume: VolumeId) -> Option<Vec<Range<u64>>> {
+        Some(self.journal.dirty_ranges(volume))
+    }
+    fn resync_started(&self) -> Result<Seq, SourceError> {
+        Ok(self.journal.resync_started()?)
+    }
+    fn resync_completed(&self, base: Seq) -> Result<(), SourceError> {
+        Ok(self.journal.resync_completed(base)?)
+    }
+    fn pending_bytes(&self) -> u64 {
+        self.journal.bytes()
+    }
+}
+
+/// One protected volume: reads go to the disk; each write is journalled,
+/// then written to the disk, under one lock so that journal order is disk order.
+#[derive(Debug, Clone)]
+pub struct TrackedVolume {
+    id: VolumeId,
+    inner: Arc<dyn Volume>,
+    journal: Arc<Journal>,
+    dir: PathBuf,
+    order: Arc<Mutex<()>>,
+    events: Events,
+}
+
+impl TrackedVolume {
+    fn journalled(&self, offset: u64, r: Result<Appended, JournalError>) -> Result<(), VolumeError> {
+        match r {
+            Ok(Appended::Logged(_)) => {}
+            Ok(Appended::Overflowed) => self.events.emit(Event::JournalOverflow {
+                bound_bytes: self.journal.max_bytes(),
+            }),
+            Err(e) => {
+                return Err(VolumeError::Io {
+                    op: "journal a write to",
+                    path: self.dir.clone(),
+                    offset,
+                    source: std::io::Error::other(e),
+                })
+            }
+        }
+        Stats::set(&self.events.stats().journal_bytes, self.journal.bytes());
+        Ok(())
+    }
+}
+
+impl Volume for TrackedVolume {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+        crate::volume::check_range(self, "write", offset, data.len() as u64)?;
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        self.journalled(offset, self.journal.append(self.id, offset, data))?;
+        self.inner.write_at(offset, data)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        crate::volume::check_range(self, "zero", offset, len)?;
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        self.journalled(offset, self.journal.append_zero(self.id, offset, len))?;
+        self.inner.write_zeroes(offset, len)
+    }
+    fn flush(&self) -> Result<(), VolumeError> {
+        self.journal.sync().map_err(|e| VolumeError::Io {
+            op: "sync journal",
+            path: self.dir.clone(),
+            offset: 0,
+            source: std::io::Error::other(e),
+        })?;
+        self.inner.flush()
+    }
+    fn describe(&self) -> String {
+        format!("tracked {}", self.inner.describe())
+    }
+}
