@@ -1,1 +1,2 @@
 //! Shared conformance suites.
+pub mod volume;
