@@ -308,7 +308,17 @@ fn a_damaged_footer_gives_a_clear_error() {
         read_footer(&p).unwrap_err(),
     ] {
         let msg = err.to_string();
-        assert!(matches!(err, VolumeError::Format { .. }), "{msg}");
+        assert!(
+            matches!(
+                err,
+                VolumeError::VhdFooter {
+                    offset,
+                    source: FooterError::BadChecksum { .. },
+                    ..
+                } if offset == 2 * MIB
+            ),
+            "{msg}"
+        );
         assert!(msg.contains("damaged.vhd"), "{msg}");
         assert!(msg.contains("checksum"), "{msg}");
         assert!(msg.contains(&format!("offset {}", 2 * MIB)), "{msg}");
@@ -328,6 +338,24 @@ fn a_damaged_footer_gives_a_clear_error() {
         "{msg}"
     );
     assert!(strip_footer(&p).is_err());
+
+    // A dynamic VHD made by qemu-img is recognised and refused with advice.
+    if have_qemu_img("a_damaged_footer_gives_a_clear_error (dynamic VHD)") {
+        let p = dir.path().join("dynamic.vhd");
+        qemu_img(&["create", "-q", "-f", "vpc", p.to_str().unwrap(), "10M"]);
+        let err = open_volume(&p).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VolumeError::VhdFooter {
+                    source: FooterError::NotFixed { disk_type: 3 },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("subformat=fixed"), "{err}");
+    }
 
     // No footer at all.
     let p = dir.path().join("plain.raw");

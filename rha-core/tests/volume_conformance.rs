@@ -126,3 +126,35 @@ fn read_only_vhd_refuses_writes() {
     assert!(matches!(err, VolumeError::ReadOnly { .. }), "{err}");
     assert!(err.to_string().contains("ro.vhd"), "{err}");
 }
+
+#[test]
+fn empty_vhd_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = VhdVolume::create(dir.path().join("empty.vhd"), 0).unwrap_err();
+    assert!(matches!(err, VolumeError::BadSize { size: 0, .. }), "{err}");
+    let p = dir.path().join("empty.raw");
+    std::fs::write(&p, b"").unwrap();
+    let err = rha_core::volume::vhd::attach_footer(&p).unwrap_err();
+    assert!(err.to_string().contains("at least one MiB"), "{err}");
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+}
+
+#[test]
+fn read_only_open_volume_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a.raw", "b.vhd"] {
+        let p = dir.path().join(name);
+        if name.ends_with("vhd") {
+            drop(VhdVolume::create(&p, MIB).unwrap());
+        } else {
+            drop(FileVolume::create(&p, MIB).unwrap());
+        }
+        let v = rha_core::volume::open_volume_read_only(&p).unwrap();
+        assert_eq!(v.size(), MIB);
+        assert!(matches!(
+            v.write_zeroes(0, 512).unwrap_err(),
+            VolumeError::ReadOnly { .. }
+        ));
+        v.flush().unwrap();
+    }
+}

@@ -155,6 +155,18 @@ pub enum VolumeError {
         /// What is wrong, and what to do.
         reason: String,
     },
+    /// The last 512 bytes of a file start like a VHD footer but are not a
+    /// valid fixed-VHD footer (damaged, or a dynamic or differencing VHD).
+    #[error("{path}: VHD footer at offset {offset}: {source}")]
+    VhdFooter {
+        /// The file.
+        path: PathBuf,
+        /// Where the footer starts in the file.
+        offset: u64,
+        /// What is wrong with the footer.
+        #[source]
+        source: vhd::FooterError,
+    },
     /// A write or zeroing on a volume opened read-only.
     #[error("cannot {op} {volume}: it was opened read-only; open it read-write to change it")]
     ReadOnly {
@@ -179,7 +191,7 @@ impl ImageFormat {
     /// footer in its last 512 bytes.
     ///
     /// A file whose last 512 bytes start with the VHD cookie but fail the
-    /// footer's checks is an error ([`VolumeError::Format`]), not a raw image:
+    /// footer's checks is an error ([`VolumeError::VhdFooter`]), not a raw image:
     /// treating a damaged VHD as raw would expose its footer as disk data.
     pub fn detect(path: impl AsRef<Path>) -> Result<ImageFormat, VolumeError> {
         Ok(match vhd::read_footer(path)? {
@@ -190,12 +202,25 @@ impl ImageFormat {
 }
 
 /// Opens an existing image file or block device read-write, detecting its
-/// format: a fixed VHD (valid footer at the end) becomes a [`VhdVolume`],
-/// anything else a [`FileVolume`].
+/// format: a fixed VHD (valid footer at the end) becomes a [`VhdVolume`]
+/// presenting only the disk data, anything else a [`FileVolume`].
+///
+/// A damaged VHD footer is an error ([`VolumeError::VhdFooter`]) rather than
+/// a raw image, so the footer is never mistaken for disk data.
 pub fn open_volume(path: impl AsRef<Path>) -> Result<Box<dyn Volume>, VolumeError> {
     let path = path.as_ref();
     Ok(match ImageFormat::detect(path)? {
         ImageFormat::FixedVhd => Box::new(VhdVolume::open(path)?),
         ImageFormat::Raw => Box::new(FileVolume::open(path)?),
+    })
+}
+
+/// [`open_volume`], read-only: writes and zeroing fail with
+/// [`VolumeError::ReadOnly`]. For reading a master's disks.
+pub fn open_volume_read_only(path: impl AsRef<Path>) -> Result<Box<dyn Volume>, VolumeError> {
+    let path = path.as_ref();
+    Ok(match ImageFormat::detect(path)? {
+        ImageFormat::FixedVhd => Box::new(VhdVolume::open_read_only(path)?),
+        ImageFormat::Raw => Box::new(FileVolume::open_read_only(path)?),
     })
 }

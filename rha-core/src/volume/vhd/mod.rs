@@ -46,8 +46,13 @@ pub struct SizeReport {
 }
 
 impl SizeReport {
-    fn new(requested_size: u64) -> Result<SizeReport, u64> {
-        let virtual_size = round_up_to_mib(requested_size).ok_or(requested_size)?;
+    /// The report for `requested_size`, or why it cannot be a VHD's size.
+    fn new(requested_size: u64) -> Result<SizeReport, &'static str> {
+        if requested_size == 0 {
+            return Err("a fixed VHD must hold at least one MiB of data");
+        }
+        let virtual_size =
+            round_up_to_mib(requested_size).ok_or("too large to round up to a whole MiB")?;
         Ok(SizeReport {
             requested_size,
             virtual_size,
@@ -88,10 +93,10 @@ impl VhdVolume {
         size: u64,
     ) -> Result<(VhdVolume, SizeReport), VolumeError> {
         let path = path.as_ref();
-        let report = SizeReport::new(size).map_err(|size| VolumeError::BadSize {
+        let report = SizeReport::new(size).map_err(|reason| VolumeError::BadSize {
             volume: path.display().to_string(),
             size,
-            reason: "too large to round up to a whole MiB".into(),
+            reason: reason.into(),
         })?;
         if report.was_rounded() {
             tracing::warn!(
@@ -112,7 +117,9 @@ impl VhdVolume {
                 })?;
         let file = FileVolume::create(path, file_len)?;
         let footer = Footer::new_fixed(report.virtual_size);
-        write_footer_at(&file, report.virtual_size, &footer)?;
+        // The file volume still spans the footer; limit it only afterwards.
+        file.write_at(report.virtual_size, &footer.to_bytes())?;
+        file.flush()?;
         let data = file.limited_to(report.virtual_size)?;
         Ok((VhdVolume { data, footer }, report))
     }
@@ -223,22 +230,12 @@ fn read_footer_of(
     match Footer::parse(&buf) {
         Ok(f) => Ok(Some(f)),
         Err(FooterError::BadCookie { .. }) => Ok(None),
-        Err(e) => Err(VolumeError::Format {
+        Err(source) => Err(VolumeError::VhdFooter {
             path: path.to_path_buf(),
-            reason: format!("at offset {}: {e}", len - FOOTER_LEN),
+            offset: len - FOOTER_LEN,
+            source,
         }),
     }
-}
-
-fn write_footer_at(file: &FileVolume, at: u64, footer: &Footer) -> Result<(), VolumeError> {
-    let path = file.path().to_path_buf();
-    // The footer lies past any visible-size limit, so write through a
-    // separate handle rather than the volume.
-    let f = open_file(&path, true)?;
-    f.write_all_at(&footer.to_bytes(), at)
-        .map_err(|source| io_err("write the VHD footer to", &path, at, source))?;
-    f.sync_data()
-        .map_err(|source| io_err("flush", &path, at, source))
 }
 
 fn io_err(op: &'static str, path: &Path, offset: u64, source: std::io::Error) -> VolumeError {
@@ -280,7 +277,7 @@ fn regular_file_len(f: &File, path: &Path) -> Result<u64, VolumeError> {
 /// `Ok(None)` when the file is shorter than a footer or its last 512 bytes do
 /// not start with the `"conectix"` cookie (a raw image). An error when the
 /// cookie is there but the footer is damaged (bad checksum) or describes a
-/// dynamic or differencing disk.
+/// dynamic or differencing disk ([`VolumeError::VhdFooter`]).
 pub fn read_footer(path: impl AsRef<Path>) -> Result<Option<Footer>, VolumeError> {
     let path = path.as_ref();
     let mut f = open_file(path, false)?;
@@ -319,10 +316,10 @@ pub fn attach_footer(path: impl AsRef<Path>) -> Result<AttachReport, VolumeError
     }
     let f = open_file(path, true)?;
     let len = regular_file_len(&f, path)?;
-    let size = SizeReport::new(len).map_err(|size| VolumeError::BadSize {
+    let size = SizeReport::new(len).map_err(|reason| VolumeError::BadSize {
         volume: path.display().to_string(),
-        size,
-        reason: "too large to round up to a whole MiB".into(),
+        size: len,
+        reason: reason.into(),
     })?;
     if size.was_rounded() {
         tracing::warn!(
