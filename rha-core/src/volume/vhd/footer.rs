@@ -244,7 +244,7 @@ fn disk_type_name(t: u32) -> &'static str {
 /// [`Footer::parse`] followed by [`Footer::to_bytes`] gives back the exact
 /// bytes parsed (fields rha does not interpret, including the reserved tail,
 /// are kept as found).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Footer {
     /// Features (normally [`VHD_FEATURES_RESERVED`]).
     pub features: u32,
@@ -388,6 +388,37 @@ impl Footer {
     }
 }
 
+impl std::fmt::Debug for Footer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reserved_nonzero = self.reserved.iter().filter(|&&b| b != 0).count();
+        f.debug_struct("Footer")
+            .field("features", &format_args!("{:#010x}", self.features))
+            .field(
+                "file_format_version",
+                &format_args!("{:#010x}", self.file_format_version),
+            )
+            .field("data_offset", &format_args!("{:#x}", self.data_offset))
+            .field("timestamp", &self.timestamp)
+            .field("creator_app", &String::from_utf8_lossy(&self.creator_app))
+            .field(
+                "creator_version",
+                &format_args!("{:#010x}", self.creator_version),
+            )
+            .field(
+                "creator_host_os",
+                &String::from_utf8_lossy(&self.creator_host_os),
+            )
+            .field("original_size", &self.original_size)
+            .field("current_size", &self.current_size)
+            .field("geometry", &self.geometry)
+            .field("disk_type", &self.disk_type)
+            .field("unique_id", &format_args!("{:02x?}", self.unique_id))
+            .field("saved_state", &self.saved_state)
+            .field("reserved_nonzero_bytes", &reserved_nonzero)
+            .finish()
+    }
+}
+
 /// Copies `N` bytes at `at` out of the footer (in range by construction).
 fn arr<const N: usize>(b: &[u8; FOOTER_SIZE], at: usize) -> [u8; N] {
     let mut out = [0u8; N];
@@ -446,6 +477,14 @@ mod tests {
             (65535, 16, 255)
         );
         assert_eq!(Geometry::for_size(0).sectors(), 0);
+    }
+
+    #[test]
+    fn debug_is_readable() {
+        let s = format!("{:?}", Footer::new_fixed(1 << 20));
+        assert!(s.contains("creator_app: \"win \""), "{s}");
+        assert!(s.contains("reserved_nonzero_bytes: 0"), "{s}");
+        assert!(s.len() < 600, "{s}");
     }
 
     #[test]
