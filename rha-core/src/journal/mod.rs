@@ -99,20 +99,10 @@ impl Journal {
     ) -> Result<(Journal, Recovery), JournalError> {
         todo!()
     }
-    pub fn append(
-        &self,
-        volume: VolumeId,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<Appended, JournalError> {
+    pub fn append(&self, volume: VolumeId, offset: u64, data: &[u8]) -> Result<Appended, JournalError> {
         todo!()
     }
-    pub fn append_zero(
-        &self,
-        volume: VolumeId,
-        offset: u64,
-        len: u64,
-    ) -> Result<Appended, JournalError> {
+    pub fn append_zero(&self, volume: VolumeId, offset: u64, len: u64) -> Result<Appended, JournalError> {
         todo!()
     }
     pub fn sync(&self) -> Result<(), JournalError> {
