@@ -5,6 +5,8 @@
 
 mod sink;
 mod source;
+pub mod volume;
 
 pub use sink::run_sink_suite;
 pub use source::{run_source_suite, SourceUnderTest};
+pub use volume::run_volume_suite;

@@ -17,7 +17,7 @@ pub mod vhd;
 mod zero;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use file::FileVolume;
 pub use memory::MemVolume;
@@ -109,7 +109,9 @@ pub fn check_range(
 #[non_exhaustive]
 pub enum VolumeError {
     /// An access reached past the end of the volume.
-    #[error("{op} of {len} bytes at offset {offset} on {volume} reaches past its end ({size} bytes)")]
+    #[error(
+        "{op} of {len} bytes at offset {offset} on {volume} reaches past its end ({size} bytes)"
+    )]
     OutOfRange {
         /// The volume's description.
         volume: String,
@@ -153,4 +155,72 @@ pub enum VolumeError {
         /// What is wrong, and what to do.
         reason: String,
     },
+    /// The last 512 bytes of a file start like a VHD footer but are not a
+    /// valid fixed-VHD footer (damaged, or a dynamic or differencing VHD).
+    #[error("{path}: VHD footer at offset {offset}: {source}")]
+    VhdFooter {
+        /// The file.
+        path: PathBuf,
+        /// Where the footer starts in the file.
+        offset: u64,
+        /// What is wrong with the footer.
+        #[source]
+        source: vhd::FooterError,
+    },
+    /// A write or zeroing on a volume opened read-only.
+    #[error("cannot {op} {volume}: it was opened read-only; open it read-write to change it")]
+    ReadOnly {
+        /// The volume's description.
+        volume: String,
+        /// The refused operation (`write`, `zero`).
+        op: &'static str,
+    },
+}
+
+/// The on-disk format of an image file, as [`ImageFormat::detect`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// A raw image (or block device): the file is the disk, byte for byte.
+    Raw,
+    /// A fixed VHD: the raw disk followed by a 512-byte VHD footer.
+    FixedVhd,
+}
+
+impl ImageFormat {
+    /// Detects the format of the image at `path` by looking for a valid VHD
+    /// footer in its last 512 bytes.
+    ///
+    /// A file whose last 512 bytes start with the VHD cookie but fail the
+    /// footer's checks is an error ([`VolumeError::VhdFooter`]), not a raw image:
+    /// treating a damaged VHD as raw would expose its footer as disk data.
+    pub fn detect(path: impl AsRef<Path>) -> Result<ImageFormat, VolumeError> {
+        Ok(match vhd::read_footer(path)? {
+            Some(_) => ImageFormat::FixedVhd,
+            None => ImageFormat::Raw,
+        })
+    }
+}
+
+/// Opens an existing image file or block device read-write, detecting its
+/// format: a fixed VHD (valid footer at the end) becomes a [`VhdVolume`]
+/// presenting only the disk data, anything else a [`FileVolume`].
+///
+/// A damaged VHD footer is an error ([`VolumeError::VhdFooter`]) rather than
+/// a raw image, so the footer is never mistaken for disk data.
+pub fn open_volume(path: impl AsRef<Path>) -> Result<Box<dyn Volume>, VolumeError> {
+    let path = path.as_ref();
+    Ok(match ImageFormat::detect(path)? {
+        ImageFormat::FixedVhd => Box::new(VhdVolume::open(path)?),
+        ImageFormat::Raw => Box::new(FileVolume::open(path)?),
+    })
+}
+
+/// [`open_volume`], read-only: writes and zeroing fail with
+/// [`VolumeError::ReadOnly`]. For reading a master's disks.
+pub fn open_volume_read_only(path: impl AsRef<Path>) -> Result<Box<dyn Volume>, VolumeError> {
+    let path = path.as_ref();
+    Ok(match ImageFormat::detect(path)? {
+        ImageFormat::FixedVhd => Box::new(VhdVolume::open_read_only(path)?),
+        ImageFormat::Raw => Box::new(FileVolume::open_read_only(path)?),
+    })
 }

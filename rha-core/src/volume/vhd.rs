@@ -1,4 +1,0 @@
-//! Fixed VHD (in progress).
-/// A fixed VHD.
-#[derive(Debug)]
-pub struct VhdVolume {}
