@@ -1,4 +1,170 @@
-//! The rha command-line tool.
-fn main() {
-    println!("rha {}", env!("CARGO_PKG_VERSION"));
+//! The `rha` command-line tool: a thin shell over `rha-core`.
+//!
+//! ```text
+//! rha demo      protect two local disk images into a fixed-VHD replica, writing while it synchronises
+//! rha sync      synchronise two images offline (block- or volume-level)
+//! rha vhd       make, check or strip a fixed VHD footer
+//! rha scenario validate FILE
+//! ```
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use rha_core::events::Events;
+use rha_core::scenario::Scenario;
+use rha_core::sink::MemSink;
+use rha_core::source::StaticSource;
+use rha_core::sync::{synchronise, LocalPeer, SyncMethod, SyncOptions};
+use rha_core::volume::{open_volume, vhd, FileVolume, Volume};
+
+/// Continuous full-system block-level replication.
+#[derive(Debug, Parser)]
+#[command(name = "rha", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Protect two local disk images (one holding an ext4 filesystem) into a
+    /// fixed-VHD replica while writing to them, then prove the replica equal.
+    Demo(demo::DemoArgs),
+    /// Synchronise two images offline; prints one JSON line of statistics.
+    Sync {
+        /// `block` compares hashes and sends what differs; `volume` copies every used block.
+        #[arg(long, value_enum, default_value_t = Method::Block)]
+        method: Method,
+        /// Compare every block (no shortcut).
+        #[arg(long)]
+        force_full: bool,
+        /// The source image (raw or fixed VHD).
+        src: PathBuf,
+        /// The destination image; created (raw, sparse) at the source's size when missing.
+        dst: PathBuf,
+    },
+    /// Work with fixed VHD footers (O(1): the data is never copied).
+    #[command(subcommand)]
+    Vhd(VhdCommand),
+    /// Work with scenario files.
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Method {
+    Block,
+    Volume,
+}
+
+#[derive(Debug, Subcommand)]
+enum VhdCommand {
+    /// Append a fixed VHD footer to a raw image (rounding it up to a whole MiB, as Azure requires).
+    Make {
+        /// The raw image.
+        image: PathBuf,
+    },
+    /// Check a fixed VHD's footer and print what it says.
+    Check {
+        /// The VHD.
+        image: PathBuf,
+    },
+    /// Remove the footer, leaving the raw image.
+    Strip {
+        /// The VHD.
+        image: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ScenarioCommand {
+    /// Check a scenario file and list every error and warning.
+    Validate {
+        /// The scenario file (TOML).
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RHA_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rha: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Sync { method, force_full, src, dst } => {
+            let master: Arc<dyn Volume> =
+                Arc::from(open_volume(&src).with_context(|| format!("opening {}", src.display()))?);
+            let replica: Arc<dyn Volume> = if dst.exists() {
+                Arc::from(open_volume(&dst).with_context(|| format!("opening {}", dst.display()))?)
+            } else {
+                Arc::new(FileVolume::create(&dst, master.size())?)
+            };
+            let sink = MemSink::with_volumes(vec![replica]);
+            let mut options = SyncOptions::new(match method {
+                Method::Block => SyncMethod::Block,
+                Method::Volume => SyncMethod::Volume,
+            });
+            options.force_full_verification = force_full;
+            let report = synchronise(
+                &StaticSource::new(vec![master]),
+                &mut LocalPeer::new(&sink),
+                &options,
+                &Events::new(),
+            )?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vhd(VhdCommand::Make { image }) => {
+            let report = vhd::attach_footer(&image)?;
+            if report.size.was_rounded() {
+                eprintln!(
+                    "note: {} was rounded up by {} bytes to {} bytes, a whole MiB, as Azure requires",
+                    image.display(),
+                    report.size.rounded_up_by(),
+                    report.size.virtual_size
+                );
+            }
+            println!("{}: fixed VHD of {} bytes", image.display(), report.size.virtual_size);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vhd(VhdCommand::Check { image }) => match vhd::read_footer(&image)? {
+            Some(f) => {
+                println!("{}: fixed VHD, virtual size {} bytes, geometry {:?}", image.display(), f.current_size, f.geometry);
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                println!("{}: no VHD footer (a raw image)", image.display());
+                Ok(ExitCode::from(3))
+            }
+        },
+        Command::Vhd(VhdCommand::Strip { image }) => {
+            let size = vhd::strip_footer(&image)?;
+            println!("{}: raw image of {size} bytes", image.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scenario(ScenarioCommand::Validate { file }) => {
+            let scenario = Scenario::load(&file)?;
+            let validation = scenario.validate();
+            print!("{validation}");
+            Ok(if validation.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+    }
 }
