@@ -1,0 +1,303 @@
+//! Loading scenarios from TOML with errors that point at the file, line,
+//! column and key path.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use toml::Spanned;
+
+use super::model::Scenario;
+use super::suggest;
+
+/// Where in a scenario file something is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The file, when the scenario was loaded from one.
+    pub file: Option<PathBuf>,
+    /// Line, counting from 1.
+    pub line: usize,
+    /// Column in characters, counting from 1.
+    pub column: usize,
+}
+
+impl Location {
+    /// The location of byte `offset` of `src`.
+    pub(crate) fn at(file: Option<&Path>, src: &str, offset: usize) -> Location {
+        let mut offset = offset.min(src.len());
+        while !src.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &src[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        Location {
+            file: file.map(Path::to_path_buf),
+            line,
+            column,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{}:{}:{}", file.display(), self.line, self.column),
+            None => write!(f, "line {}, column {}", self.line, self.column),
+        }
+    }
+}
+
+/// Why a scenario could not be loaded or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScenarioError {
+    /// The scenario file could not be read.
+    #[error("cannot read scenario file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or does not match the scenario model.
+    #[error("{location}: {}{message}{}",
+        key_path.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default(),
+        suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    Parse {
+        /// Where the problem is.
+        location: Location,
+        /// The key path of the offending setting (`is_alive.interval_secs`), when known.
+        key_path: Option<String>,
+        /// What is wrong, as reported by the TOML parser.
+        message: String,
+        /// The key or value that was probably meant.
+        suggestion: Option<String>,
+    },
+    /// The file contains something that looks like a secret.
+    #[error("{location}: `{key_path}` looks like a secret, and secrets never belong in scenario \
+             files; remove it, add the account with `rha cloud account add` and reference it by \
+             name in `replica.azure.account`")]
+    Secret {
+        /// Where the secret is.
+        location: Location,
+        /// Its key path.
+        key_path: String,
+    },
+    /// The scenario could not be written as TOML.
+    #[error("cannot write the scenario as TOML: {0}")]
+    Serialize(#[from] toml::ser::Error),
+}
+
+impl ScenarioError {
+    /// The key path of the offending setting, when the error has one.
+    pub fn key_path(&self) -> Option<&str> {
+        match self {
+            ScenarioError::Parse { key_path, .. } => key_path.as_deref(),
+            ScenarioError::Secret { key_path, .. } => Some(key_path),
+            _ => None,
+        }
+    }
+
+    /// Where in the file the error is, when it has a location.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ScenarioError::Parse { location, .. } | ScenarioError::Secret { location, .. } => {
+                Some(location)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Parses `src` (read from `file`, if any) into a scenario.
+pub(crate) fn parse(src: &str, file: Option<&Path>) -> Result<Scenario, ScenarioError> {
+    // 1. Syntax: any TOML error here is reported as is.
+    if let Err(e) = toml::from_str::<toml::Table>(src) {
+        return Err(from_toml_error(&e, src, file, None));
+    }
+    // 2. A spanned copy of the document, to name key paths and find secrets.
+    let tree = toml::from_str::<Node>(src).ok();
+    if let Some(tree) = &tree {
+        let mut path = Vec::new();
+        if let Some((key_path, offset)) = find_secret(tree, &mut path) {
+            return Err(ScenarioError::Secret {
+                location: Location::at(file, src, offset),
+                key_path,
+            });
+        }
+    }
+    // 3. The model itself.
+    toml::from_str::<Scenario>(src).map_err(|e| from_toml_error(&e, src, file, tree.as_ref()))
+}
+
+fn from_toml_error(
+    e: &toml::de::Error,
+    src: &str,
+    file: Option<&Path>,
+    tree: Option<&Node>,
+) -> ScenarioError {
+    let span = e.span().unwrap_or(0..0);
+    let location = Location::at(file, src, span.start);
+    let message = e.message().trim().to_owned();
+    let key_path = tree.and_then(|t| {
+        let mut path = Vec::new();
+        t.path_to(span.start, &mut path);
+        (!path.is_empty()).then(|| join_path(&path))
+    });
+    let suggestion = suggest::parse_unknown(&message).and_then(|(unknown, expected)| {
+        suggest::did_you_mean(unknown, expected.iter().copied()).map(str::to_owned)
+    });
+    ScenarioError::Parse {
+        location,
+        key_path,
+        message,
+        suggestion,
+    }
+}
+
+/// One step of a key path.
+#[derive(Debug)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn join_path(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+fn find_secret(node: &Node, path: &mut Vec<Step>) -> Option<(String, usize)> {
+    match node {
+        Node::Table(entries) => {
+            for (k, v) in entries {
+                path.push(Step::Key(k.get_ref().clone()));
+                if suggest::looks_like_secret(k.get_ref()) {
+                    return Some((join_path(path), k.span().start));
+                }
+                if let Some(found) = find_secret(v.get_ref(), path) {
+                    return Some(found);
+                }
+                path.pop();
+            }
+            None
+        }
+        Node::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                path.push(Step::Index(i));
+                if let Some(found) = find_secret(v.get_ref(), path) {
+                    return Some(found);
+                }
+                path.pop();
+            }
+            None
+        }
+        Node::Leaf => None,
+    }
+}
+
+/// An untyped TOML document that remembers where every key and value is.
+#[derive(Debug)]
+enum Node {
+    Table(Vec<(Spanned<String>, Spanned<Node>)>),
+    Array(Vec<Spanned<Node>>),
+    Leaf,
+}
+
+fn contains(span: &Range<usize>, offset: usize) -> bool {
+    span.start <= offset && offset < span.end.max(span.start + 1)
+}
+
+impl Node {
+    /// Pushes onto `path` the keys and indices leading to the innermost key or
+    /// value that contains byte `offset`.
+    fn path_to(&self, offset: usize, path: &mut Vec<Step>) {
+        match self {
+            Node::Table(entries) => {
+                // Prefer the key itself (unknown-field errors point at keys).
+                if let Some((k, _)) = entries.iter().find(|(k, _)| contains(&k.span(), offset)) {
+                    path.push(Step::Key(k.get_ref().clone()));
+                    return;
+                }
+                if let Some((k, v)) = entries.iter().find(|(_, v)| contains(&v.span(), offset)) {
+                    path.push(Step::Key(k.get_ref().clone()));
+                    v.get_ref().path_to(offset, path);
+                }
+            }
+            Node::Array(items) => {
+                if let Some((i, v)) = items
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| contains(&v.span(), offset))
+                {
+                    path.push(Step::Index(i));
+                    v.get_ref().path_to(offset, path);
+                }
+            }
+            Node::Leaf => {}
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any TOML value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Node, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Node, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Node, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Node, E> {
+        Ok(Node::Leaf)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Node, E> {
+        Ok(Node::Leaf)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<Node>>()? {
+            items.push(item);
+        }
+        Ok(Node::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry::<Spanned<String>, Spanned<Node>>()? {
+            entries.push(entry);
+        }
+        Ok(Node::Table(entries))
+    }
+}
