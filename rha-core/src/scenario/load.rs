@@ -6,7 +6,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use toml::Spanned;
 
 use super::model::Scenario;
 use super::suggest;
@@ -78,9 +77,11 @@ pub enum ScenarioError {
         suggestion: Option<String>,
     },
     /// The file contains something that looks like a secret.
-    #[error("{location}: `{key_path}` looks like a secret, and secrets never belong in scenario \
+    #[error(
+        "{location}: `{key_path}` looks like a secret, and secrets never belong in scenario \
              files; remove it, add the account with `rha cloud account add` and reference it by \
-             name in `replica.azure.account`")]
+             name in `replica.azure.account`"
+    )]
     Secret {
         /// Where the secret is.
         location: Location,
@@ -186,11 +187,11 @@ fn find_secret(node: &Node, path: &mut Vec<Step>) -> Option<(String, usize)> {
     match node {
         Node::Table(entries) => {
             for (k, v) in entries {
-                path.push(Step::Key(k.get_ref().clone()));
-                if suggest::looks_like_secret(k.get_ref()) {
-                    return Some((join_path(path), k.span().start));
+                path.push(Step::Key(k.value.clone()));
+                if suggest::looks_like_secret(&k.value) {
+                    return Some((join_path(path), k.span.as_ref().map_or(0, |s| s.start)));
                 }
-                if let Some(found) = find_secret(v.get_ref(), path) {
+                if let Some(found) = find_secret(&v.value, path) {
                     return Some(found);
                 }
                 path.pop();
@@ -200,7 +201,7 @@ fn find_secret(node: &Node, path: &mut Vec<Step>) -> Option<(String, usize)> {
         Node::Array(items) => {
             for (i, v) in items.iter().enumerate() {
                 path.push(Step::Index(i));
-                if let Some(found) = find_secret(v.get_ref(), path) {
+                if let Some(found) = find_secret(&v.value, path) {
                     return Some(found);
                 }
                 path.pop();
@@ -211,16 +212,37 @@ fn find_secret(node: &Node, path: &mut Vec<Step>) -> Option<(String, usize)> {
     }
 }
 
-/// An untyped TOML document that remembers where every key and value is.
+/// An untyped TOML document that remembers where its keys and values are.
+///
+/// toml's `Spanned<T>` cannot be used directly: implicit tables (the `replica`
+/// of `[replica.local]`) have no span, and `Spanned` then fails. [`Located`]
+/// speaks the same private protocol as `serde_spanned` (a struct with the magic
+/// name below, answered with a map of start, end and value) but also accepts a
+/// plain value, leaving the span empty.
 #[derive(Debug)]
 enum Node {
-    Table(Vec<(Spanned<String>, Spanned<Node>)>),
-    Array(Vec<Spanned<Node>>),
+    Table(Vec<(Located<String>, Located<Node>)>),
+    Array(Vec<Located<Node>>),
     Leaf,
 }
 
-fn contains(span: &Range<usize>, offset: usize) -> bool {
-    span.start <= offset && offset < span.end.max(span.start + 1)
+// The names serde_spanned 0.6 uses to ask a deserializer for a span.
+const SPANNED_NAME: &str = "$__serde_spanned_private_Spanned";
+const SPANNED_START: &str = "$__serde_spanned_private_start";
+const SPANNED_END: &str = "$__serde_spanned_private_end";
+const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
+const SPANNED_FIELDS: &[&str] = &[SPANNED_START, SPANNED_END, SPANNED_VALUE];
+
+/// A value with its span in the source, when the parser knows it.
+#[derive(Debug)]
+struct Located<T> {
+    span: Option<Range<usize>>,
+    value: T,
+}
+
+fn contains(span: &Option<Range<usize>>, offset: usize) -> bool {
+    span.as_ref()
+        .is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
 }
 
 impl Node {
@@ -230,26 +252,43 @@ impl Node {
         match self {
             Node::Table(entries) => {
                 // Prefer the key itself (unknown-field errors point at keys).
-                if let Some((k, _)) = entries.iter().find(|(k, _)| contains(&k.span(), offset)) {
-                    path.push(Step::Key(k.get_ref().clone()));
+                if let Some((k, _)) = entries.iter().find(|(k, _)| contains(&k.span, offset)) {
+                    path.push(Step::Key(k.value.clone()));
                     return;
                 }
-                if let Some((k, v)) = entries.iter().find(|(_, v)| contains(&v.span(), offset)) {
-                    path.push(Step::Key(k.get_ref().clone()));
-                    v.get_ref().path_to(offset, path);
+                if let Some((k, v)) = entries
+                    .iter()
+                    .find(|(_, v)| contains(&v.span, offset) || v.value.covers(offset))
+                {
+                    path.push(Step::Key(k.value.clone()));
+                    v.value.path_to(offset, path);
                 }
             }
             Node::Array(items) => {
                 if let Some((i, v)) = items
                     .iter()
                     .enumerate()
-                    .find(|(_, v)| contains(&v.span(), offset))
+                    .find(|(_, v)| contains(&v.span, offset) || v.value.covers(offset))
                 {
                     path.push(Step::Index(i));
-                    v.get_ref().path_to(offset, path);
+                    v.value.path_to(offset, path);
                 }
             }
             Node::Leaf => {}
+        }
+    }
+
+    /// Whether a key or value inside this node contains `offset` (for
+    /// containers without a span of their own).
+    fn covers(&self, offset: usize) -> bool {
+        match self {
+            Node::Table(entries) => entries.iter().any(|(k, v)| {
+                contains(&k.span, offset) || contains(&v.span, offset) || v.value.covers(offset)
+            }),
+            Node::Array(items) => items
+                .iter()
+                .any(|v| contains(&v.span, offset) || v.value.covers(offset)),
+            Node::Leaf => false,
         }
     }
 }
@@ -261,6 +300,23 @@ impl<'de> Deserialize<'de> for Node {
 }
 
 struct NodeVisitor;
+
+impl NodeVisitor {
+    /// Reads the rest of a table whose first key has been read already.
+    fn rest_of_table<'de, A: MapAccess<'de>>(
+        first: Option<Located<String>>,
+        mut map: A,
+    ) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        if let Some(key) = first {
+            entries.push((key, map.next_value::<Located<Node>>()?));
+        }
+        while let Some(entry) = map.next_entry::<Located<String>, Located<Node>>()? {
+            entries.push(entry);
+        }
+        Ok(Node::Table(entries))
+    }
+}
 
 impl<'de> Visitor<'de> for NodeVisitor {
     type Value = Node;
@@ -287,17 +343,118 @@ impl<'de> Visitor<'de> for NodeVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Spanned<Node>>()? {
+        while let Some(item) = seq.next_element::<Located<Node>>()? {
             items.push(item);
         }
         Ok(Node::Array(items))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(entry) = map.next_entry::<Spanned<String>, Spanned<Node>>()? {
-            entries.push(entry);
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Node, A::Error> {
+        NodeVisitor::rest_of_table(None, map)
+    }
+}
+
+impl<'de> Deserialize<'de> for Located<String> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Located<String>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a TOML key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Located {
+                    span: None,
+                    value: v.to_owned(),
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (span, value) = read_spanned::<A, String>(None, &mut map)?;
+                Ok(Located {
+                    span: Some(span),
+                    value,
+                })
+            }
         }
-        Ok(Node::Table(entries))
+        deserializer.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Located<Node> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = Located<Node>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any TOML value")
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(unlocated(Node::Leaf))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(unlocated(Node::Leaf))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(unlocated(Node::Leaf))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(unlocated(Node::Leaf))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(unlocated(Node::Leaf))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                NodeVisitor.visit_seq(seq).map(unlocated)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let first = map.next_key::<Located<String>>()?;
+                match first {
+                    Some(key) if key.value == SPANNED_START => {
+                        let (span, value) = read_spanned::<A, Node>(Some(()), &mut map)?;
+                        Ok(Located {
+                            span: Some(span),
+                            value,
+                        })
+                    }
+                    // An implicit table: no span of its own.
+                    other => NodeVisitor::rest_of_table(other, map).map(unlocated),
+                }
+            }
+        }
+        deserializer.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, ValueVisitor)
+    }
+}
+
+fn unlocated(value: Node) -> Located<Node> {
+    Located { span: None, value }
+}
+
+/// Reads serde_spanned's start/end/value map. `start_key_read` is `Some` when
+/// the caller already consumed the start key.
+fn read_spanned<'de, A, T>(
+    start_key_read: Option<()>,
+    map: &mut A,
+) -> Result<(Range<usize>, T), A::Error>
+where
+    A: MapAccess<'de>,
+    T: Deserialize<'de>,
+{
+    if start_key_read.is_none() {
+        expect_key(map, SPANNED_START)?;
+    }
+    let start: usize = map.next_value()?;
+    expect_key(map, SPANNED_END)?;
+    let end: usize = map.next_value()?;
+    expect_key(map, SPANNED_VALUE)?;
+    let value: T = map.next_value()?;
+    Ok((start..end, value))
+}
+
+fn expect_key<'de, A: MapAccess<'de>>(map: &mut A, want: &'static str) -> Result<(), A::Error> {
+    match map.next_key::<String>()? {
+        Some(k) if k == want => Ok(()),
+        _ => Err(de::Error::custom(format_args!(
+            "expected the span field `{want}`"
+        ))),
     }
 }

@@ -104,10 +104,23 @@ mod tests {
 
     #[test]
     fn secrets() {
-        for k in ["client_secret", "password", "secret", "key", "account_key", "SAS-Token"] {
+        for k in [
+            "client_secret",
+            "password",
+            "secret",
+            "key",
+            "account_key",
+            "SAS-Token",
+        ] {
             assert!(looks_like_secret(k), "{k}");
         }
-        for k in ["storage_account", "keyboard", "monkey_business", "account", "host"] {
+        for k in [
+            "storage_account",
+            "keyboard",
+            "monkey_business",
+            "account",
+            "host",
+        ] {
             assert!(!looks_like_secret(k), "{k}");
         }
     }
@@ -118,9 +131,8 @@ mod tests {
             .expect("parses");
         assert_eq!(u, "prot");
         assert_eq!(e, ["host", "port", "os"]);
-        let (u, e) =
-            parse_unknown("unknown variant `automatc`, expected `manual` or `automatic`")
-                .expect("parses");
+        let (u, e) = parse_unknown("unknown variant `automatc`, expected `manual` or `automatic`")
+            .expect("parses");
         assert_eq!(u, "automatc");
         assert_eq!(e, ["manual", "automatic"]);
         assert!(parse_unknown("missing field `host`").is_none());

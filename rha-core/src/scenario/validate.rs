@@ -5,8 +5,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::model::{
-    AzureReplica, Check, FsyncPolicy, LocalReplica, Os, Product, Replica, Scenario,
-    SwitchoverMode, BLOCK_SIZE,
+    AzureReplica, Check, FsyncPolicy, LocalReplica, Os, Product, Replica, Scenario, SwitchoverMode,
+    BLOCK_SIZE,
 };
 
 /// How serious a finding is.
@@ -125,12 +125,17 @@ impl Checker {
     }
     fn port(&mut self, path: &str, port: u16) {
         if port == 0 {
-            self.error(path, "Port 0 is not a usable port; use a port from 1 to 65535 (rha's default is 25000).");
+            self.error(
+                path,
+                "Port 0 is not a usable port; use a port from 1 to 65535 (rha's default is 25000).",
+            );
         }
     }
-    fn required(&mut self, path: &str, value: &str, what: &str) -> bool {
+    /// An error unless `value` has non-blank text; `what` names the setting
+    /// and `hint` says what to put there.
+    fn required(&mut self, path: &str, value: &str, what: &str, hint: &str) -> bool {
         if value.trim().is_empty() {
-            self.error(path, format!("{what} is empty; set it."));
+            self.error(path, format!("{what} is empty; {hint}."));
             false
         } else {
             true
@@ -162,7 +167,10 @@ pub(crate) fn validate(s: &Scenario) -> Validation {
 
 fn check_name(c: &mut Checker, name: &str) {
     if name.is_empty() {
-        c.error("name", "The scenario name is empty; give the scenario a name such as `web01-ha`.");
+        c.error(
+            "name",
+            "The scenario name is empty; give the scenario a name such as `web01-ha`.",
+        );
     } else if name.len() > 64
         || !name
             .chars()
@@ -180,12 +188,22 @@ fn check_name(c: &mut Checker, name: &str) {
 }
 
 fn check_master(c: &mut Checker, s: &Scenario) {
-    c.required("master.host", &s.master.host, "The master's host");
+    c.required(
+        "master.host",
+        &s.master.host,
+        "The master's host",
+        "set it to the host name or IP address the replica connects to",
+    );
     c.port("master.port", s.master.port);
 }
 
 fn check_local(c: &mut Checker, s: &Scenario, r: &LocalReplica) {
-    c.required("replica.local.appliance", &r.appliance, "The appliance address");
+    c.required(
+        "replica.local.appliance",
+        &r.appliance,
+        "The appliance address",
+        "set it to the host name or IP address of the appliance that holds the replica",
+    );
     c.port("replica.local.port", r.port);
     if r.data_dir.as_os_str().is_empty() {
         c.error(
@@ -195,7 +213,10 @@ fn check_local(c: &mut Checker, s: &Scenario, r: &LocalReplica) {
     }
     let vm = &s.vm;
     if vm.name.trim().is_empty() {
-        c.error("vm.name", "The VM name is empty; name the VM that is started at switchover.");
+        c.error(
+            "vm.name",
+            "The VM name is empty; name the VM that is started at switchover.",
+        );
     } else if !vm
         .name
         .chars()
@@ -207,13 +228,27 @@ fn check_local(c: &mut Checker, s: &Scenario, r: &LocalReplica) {
         );
     }
     match vm.cpus {
-        None => c.error("vm.cpus", "A local replica's VM needs a CPU count; set `cpus`, for example `cpus = 2`."),
-        Some(0) => c.error("vm.cpus", "A VM needs at least one CPU; set `cpus` to 1 or more."),
+        None => c.error(
+            "vm.cpus",
+            "A local replica's VM needs a CPU count; set `cpus`, for example `cpus = 2`.",
+        ),
+        Some(0) => c.error(
+            "vm.cpus",
+            "A VM needs at least one CPU; set `cpus` to 1 or more.",
+        ),
         Some(_) => {}
     }
     match vm.memory_mb {
-        None => c.error("vm.memory_mb", "A local replica's VM needs memory; set `memory_mb`, for example `memory_mb = 4096`."),
-        Some(m) if m < 512 => c.error("vm.memory_mb", format!("{m} MiB is too little memory to boot a server; set `memory_mb` to at least 512.")),
+        None => c.error(
+            "vm.memory_mb",
+            "A local replica's VM needs memory; set `memory_mb`, for example `memory_mb = 4096`.",
+        ),
+        Some(m) if m < 512 => c.error(
+            "vm.memory_mb",
+            format!(
+                "{m} MiB is too little memory to boot a server; set `memory_mb` to at least 512."
+            ),
+        ),
         Some(_) => {}
     }
     for (field, set) in [
@@ -222,7 +257,10 @@ fn check_local(c: &mut Checker, s: &Scenario, r: &LocalReplica) {
         ("vm.storage_account_type", vm.storage_account_type.is_some()),
     ] {
         if set {
-            c.warning(field, "This Azure setting is ignored for a local replica; remove it.");
+            c.warning(
+                field,
+                "This Azure setting is ignored for a local replica; remove it.",
+            );
         }
     }
     if let Some(ip) = &s.network.private_ip {
@@ -231,18 +269,28 @@ fn check_local(c: &mut Checker, s: &Scenario, r: &LocalReplica) {
 }
 
 fn check_azure(c: &mut Checker, s: &Scenario, r: &AzureReplica) {
-    c.required("replica.azure.appliance", &r.appliance, "The appliance address");
+    c.required(
+        "replica.azure.appliance",
+        &r.appliance,
+        "The appliance address",
+        "set it to the host name or IP address of the appliance that writes the blobs",
+    );
     c.port("replica.azure.port", r.port);
     c.required(
         "replica.azure.account",
         &r.account,
-        "The cloud account name (add one with `rha cloud account add`)",
+        "The cloud account name",
+        "add the account with `rha cloud account add` and put its name here",
     );
-    if c.required("replica.azure.region", &r.region, "The Azure region")
-        && !r
-            .region
-            .chars()
-            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+    if c.required(
+        "replica.azure.region",
+        &r.region,
+        "The Azure region",
+        "set it to a region's programmatic name such as `westeurope`",
+    ) && !r
+        .region
+        .chars()
+        .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit())
     {
         c.error(
             "replica.azure.region",
@@ -283,10 +331,17 @@ fn check_azure(c: &mut Checker, s: &Scenario, r: &AzureReplica) {
     let os = vm.os_type.unwrap_or(s.master.os);
     check_azure_vm_name(c, &vm.name, os);
     match &vm.size {
-        None => c.error("vm.size", "An Azure VM needs a size; set `size`, for example `size = \"Standard_D2s_v3\"`."),
+        None => c.error(
+            "vm.size",
+            "An Azure VM needs a size; set `size`, for example `size = \"Standard_D2s_v3\"`.",
+        ),
         Some(size) => {
             let rest = size.strip_prefix("Standard_").unwrap_or("");
-            if rest.is_empty() || !rest.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+            if rest.is_empty()
+                || !rest
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            {
                 c.error(
                     "vm.size",
                     format!("`{size}` does not look like an Azure VM size; use a name such as `Standard_D2s_v3` (see `az vm list-sizes`)."),
@@ -303,12 +358,17 @@ fn check_azure(c: &mut Checker, s: &Scenario, r: &AzureReplica) {
                 "vm.storage_account_type",
                 format!(
                     "`{t}` is not a managed-disk type rha knows; use one of {}.",
-                    super::model::StorageAccountType::KNOWN.map(|k| format!("`{k}`")).join(", ")
+                    super::model::StorageAccountType::KNOWN
+                        .map(|k| format!("`{k}`"))
+                        .join(", ")
                 ),
             );
         }
     }
-    for (field, set) in [("vm.cpus", vm.cpus.is_some()), ("vm.memory_mb", vm.memory_mb.is_some())] {
+    for (field, set) in [
+        ("vm.cpus", vm.cpus.is_some()),
+        ("vm.memory_mb", vm.memory_mb.is_some()),
+    ] {
         if set {
             c.warning(field, "This setting is ignored for an Azure replica, where the VM size decides; remove it.");
         }
@@ -320,7 +380,10 @@ fn check_azure(c: &mut Checker, s: &Scenario, r: &AzureReplica) {
     }
     match &net.subnet {
         Some(v) if !v.trim().is_empty() => {}
-        _ => c.error("network.subnet", "An Azure VM needs a subnet; set `subnet` to a subnet of the virtual network."),
+        _ => c.error(
+            "network.subnet",
+            "An Azure VM needs a subnet; set `subnet` to a subnet of the virtual network.",
+        ),
     }
     if let Some(ip) = &net.private_ip {
         check_ip(c, ip);
@@ -357,12 +420,17 @@ fn check_azure_vm_name(c: &mut Checker, name: &str, os: Os) {
     };
     let len = name.chars().count();
     if len == 0 {
-        c.error("vm.name", "The VM name is empty; name the VM that is created at switchover.");
+        c.error(
+            "vm.name",
+            "The VM name is empty; name the VM that is created at switchover.",
+        );
         return;
     }
     let mut problems = Vec::new();
     if len > max {
-        problems.push(format!("it is {len} characters long and {os_name} VM names are limited to {max}"));
+        problems.push(format!(
+            "it is {len} characters long and {os_name} VM names are limited to {max}"
+        ));
     }
     if !name
         .chars()
@@ -383,7 +451,10 @@ fn check_azure_vm_name(c: &mut Checker, name: &str, os: Os) {
     if !problems.is_empty() {
         c.error(
             "vm.name",
-            format!("The VM name `{name}` is not valid in Azure: {}; choose another name.", problems.join(", ")),
+            format!(
+                "The VM name `{name}` is not valid in Azure: {}; choose another name.",
+                problems.join(", ")
+            ),
         );
     }
 }
@@ -415,7 +486,10 @@ fn check_volumes(c: &mut Checker, s: &Scenario) {
             }
         }
         if v.size_bytes == Some(0) {
-            c.error(format!("{base}.size_bytes"), "A volume cannot be 0 bytes; give its real size or remove `size_bytes`.");
+            c.error(
+                format!("{base}.size_bytes"),
+                "A volume cannot be 0 bytes; give its real size or remove `size_bytes`.",
+            );
         }
     }
     match systems.as_slice() {
@@ -457,7 +531,10 @@ fn check_journal(c: &mut Checker, s: &Scenario) {
         c.error("journal.directory", "The journal directory is empty; set it to a directory on the master outside every replicated volume's hot path, such as a dedicated disk.");
     }
     if j.max_size_mb == 0 {
-        c.error("journal.max_size_mb", "A journal of 0 MiB cannot hold any change; set `max_size_mb` to at least 256.");
+        c.error(
+            "journal.max_size_mb",
+            "A journal of 0 MiB cannot hold any change; set `max_size_mb` to at least 256.",
+        );
     } else if j.max_size_mb < SMALL_JOURNAL_MB {
         c.warning(
             "journal.max_size_mb",
@@ -484,7 +561,10 @@ fn check_is_alive(c: &mut Checker, s: &Scenario) {
         c.warning("is_alive.enabled", "Is-alive monitoring has no effect in a replication-only scenario, which never switches over; set `enabled = false` or use `product = \"ha\"`.");
     }
     if ia.interval_secs < 1 {
-        c.error("is_alive.interval_secs", "The is-alive interval must be at least 1 second; set `interval_secs` to 1 or more.");
+        c.error(
+            "is_alive.interval_secs",
+            "The is-alive interval must be at least 1 second; set `interval_secs` to 1 or more.",
+        );
     }
     if ia.timeout_secs <= ia.interval_secs {
         c.error(
@@ -493,7 +573,7 @@ fn check_is_alive(c: &mut Checker, s: &Scenario) {
                 "The timeout ({} s) must be longer than the interval ({} s), or a single late check declares the master dead; raise `timeout_secs` above `interval_secs`, for example to {}.",
                 ia.timeout_secs,
                 ia.interval_secs,
-                ia.interval_secs.saturating_mul(10).max(1)
+                ia.interval_secs.max(1).saturating_mul(10)
             ),
         );
     }
@@ -505,11 +585,16 @@ fn check_is_alive(c: &mut Checker, s: &Scenario) {
         match check {
             Check::Heartbeat => {}
             Check::Tcp { host, port } => {
-                c.required(&format!("{base}.host"), host, "The TCP check's host");
+                c.required(
+                    &format!("{base}.host"),
+                    host,
+                    "The TCP check's host",
+                    "set the host to connect to",
+                );
                 c.port(&format!("{base}.port"), *port);
             }
             Check::Command { program, .. } => {
-                c.required(&format!("{base}.program"), program, "The command check's program");
+                c.required(&format!("{base}.program"), program, "The command check's program", "set the program to run, which must exit with status 0 while the master is alive");
             }
         }
         if s.master.nat && !matches!(check, Check::Heartbeat) {
@@ -536,6 +621,11 @@ fn check_switchover(c: &mut Checker, s: &Scenario) {
         c.warning("switchover.wait_for_journal", "With `wait_for_journal = false` the VM starts before the journal is applied, and every change not yet applied is lost; set it to true unless a faster start is worth that data loss.");
     }
     if let Some(cmd) = &sw.disable_master_network {
-        c.required("switchover.disable_master_network.program", &cmd.program, "The program that disables the master's network");
+        c.required(
+            "switchover.disable_master_network.program",
+            &cmd.program,
+            "The program that disables the master's network",
+            "set it, or remove `[switchover.disable_master_network]`",
+        );
     }
 }
