@@ -351,6 +351,15 @@ fn other_warnings() {
 }
 
 #[test]
+fn vm_os_type_must_match_master() {
+    let mut s = Scenario::template(Template::Azure);
+    s.vm.os_type = Some(rha_core::scenario::Os::Linux);
+    let v = s.validate();
+    assert!(v.is_ok(), "{v}");
+    assert_warning(&v, "vm.os_type", "declared as linux but the master runs windows");
+}
+
+#[test]
 fn linux_azure_vm_names_may_be_longer() {
     let mut s = Scenario::template(Template::Azure);
     s.master.os = rha_core::scenario::Os::Linux;

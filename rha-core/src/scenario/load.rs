@@ -149,6 +149,16 @@ fn from_toml_error(
         t.path_to(span.start, &mut path);
         (!path.is_empty()).then(|| join_path(&path))
     });
+    // Normally caught before, from the spanned tree; this is the safety net
+    // for documents the tree could not represent.
+    if let Some((unknown, _)) = suggest::parse_unknown(&message) {
+        if message.starts_with("unknown field") && suggest::looks_like_secret(unknown) {
+            return ScenarioError::Secret {
+                location,
+                key_path: key_path.unwrap_or_else(|| unknown.to_owned()),
+            };
+        }
+    }
     let suggestion = suggest::parse_unknown(&message).and_then(|(unknown, expected)| {
         suggest::did_you_mean(unknown, expected.iter().copied()).map(str::to_owned)
     });
@@ -456,5 +466,39 @@ fn expect_key<'de, A: MapAccess<'de>>(map: &mut A, want: &'static str) -> Result
         _ => Err(de::Error::custom(format_args!(
             "expected the span field `{want}`"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_survives_datetimes_and_dotted_keys() {
+        let src = "when = 1979-05-27T07:32:00Z\n[a.b]\nc.d = 1\nsecret_token = \"x\"\n";
+        let tree = toml::from_str::<Node>(src).expect("parses");
+        let mut path = Vec::new();
+        let (key, offset) = find_secret(&tree, &mut path).expect("found");
+        assert_eq!(key, "a.b.secret_token");
+        assert_eq!(Location::at(None, src, offset).line, 4);
+        let mut path = Vec::new();
+        let one = src.find("= 1\n").map(|i| i + 2).expect("present");
+        tree.path_to(one, &mut path);
+        assert_eq!(join_path(&path), "a.b.c.d");
+    }
+
+    #[test]
+    fn paths_into_arrays() {
+        let src = "[[v]]\nid = 1\n[[v]]\nid = 2\nx = [1, { y = 3 }]\n";
+        let tree = toml::from_str::<Node>(src).expect("parses");
+        for (needle, want) in [
+            ("id = 2", "v[1].id"),
+            ("y = 3", "v[1].x[1].y"),
+            ("3 }", "v[1].x[1].y"),
+        ] {
+            let mut path = Vec::new();
+            tree.path_to(src.find(needle).expect("present"), &mut path);
+            assert_eq!(join_path(&path), want, "{needle}");
+        }
     }
 }

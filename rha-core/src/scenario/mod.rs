@@ -41,33 +41,10 @@ pub mod suggest;
 mod validate;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 pub use load::{Location, ScenarioError};
 pub use model::*;
 pub use validate::{Finding, Severity, Validation, SMALL_JOURNAL_MB};
-
-/// A starting point for a new scenario (`rha scenario new`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Template {
-    /// Replica disks as fixed-VHD files on a local appliance; QEMU VM at switchover.
-    Local,
-    /// Replica disks as Azure page blobs; Azure VM at switchover.
-    Azure,
-}
-
-impl FromStr for Template {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "local" => Ok(Template::Local),
-            "azure" => Ok(Template::Azure),
-            other => Err(format!(
-                "unknown scenario template `{other}`; use `local` or `azure`"
-            )),
-        }
-    }
-}
 
 impl Scenario {
     /// Parses a scenario from TOML text.
@@ -273,7 +250,7 @@ mod tests {
 
     #[test]
     fn template_from_str() {
-        assert_eq!("Azure".parse::<Template>(), Ok(Template::Azure));
+        assert_eq!("azure".parse::<Template>(), Ok(Template::Azure));
         assert!("gcp".parse::<Template>().is_err());
     }
 }

@@ -515,6 +515,82 @@ pub struct Network {
     pub public_ip: bool,
 }
 
+/// A starting point for a new scenario (`rha scenario new`), see
+/// [`Scenario::template`](crate::scenario::Scenario::template).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Template {
+    /// Replica disks as fixed-VHD files on a local appliance; QEMU VM at switchover.
+    Local,
+    /// Replica disks as Azure page blobs; Azure VM at switchover.
+    Azure,
+}
+
+/// A word that is not one of a keyword enum's values, from `FromStr`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{value}`; use one of {}{}",
+    expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", "),
+    suggestion.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
+pub struct UnknownKeyword {
+    /// What was being parsed (`product`, `operating system`, ...).
+    pub what: &'static str,
+    /// The text that was given.
+    pub value: String,
+    /// Every accepted value.
+    pub expected: &'static [&'static str],
+    /// The accepted value closest to `value`, if it looks like a typo.
+    pub suggestion: Option<&'static str>,
+}
+
+/// `as_str`, `NAMES`, `Display` and `FromStr` for the enums written as a
+/// single word in scenario files; the spellings match their serde names.
+macro_rules! keyword_enum {
+    ($ty:ident, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value, as written in scenario files.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            /// The value as written in scenario files.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = UnknownKeyword;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($ty::$variant),)+
+                    _ => Err(UnknownKeyword {
+                        what: $what,
+                        value: s.to_owned(),
+                        expected: Self::NAMES,
+                        suggestion: super::suggest::did_you_mean(s, Self::NAMES.iter().copied()),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+keyword_enum!(Template, "scenario template", { Local => "local", Azure => "azure" });
+keyword_enum!(Product, "product", { Ha => "ha", Replication => "replication" });
+keyword_enum!(Os, "operating system", { Windows => "windows", Linux => "linux" });
+keyword_enum!(SyncMethod, "synchronisation method", { Volume => "volume", Block => "block" });
+keyword_enum!(FsyncPolicy, "fsync policy", {
+    Always => "always",
+    Interval => "interval",
+    Never => "never",
+});
+keyword_enum!(SwitchoverMode, "switchover mode", { Manual => "manual", Automatic => "automatic" });
+
 fn default_port() -> u16 {
     DEFAULT_PORT
 }
@@ -547,4 +623,48 @@ fn default_checks() -> Vec<Check> {
 }
 fn default_switchover_mode() -> SwitchoverMode {
     SwitchoverMode::Manual
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `FromStr`/`Display` spelling is the serde spelling.
+    fn agrees<T>(value: T)
+    where
+        T: Serialize + FromStr<Err = UnknownKeyword> + fmt::Display + PartialEq + fmt::Debug,
+    {
+        let json = serde_json::to_string(&value).expect("serialises");
+        assert_eq!(json, format!("\"{value}\""));
+        assert_eq!(value.to_string().parse::<T>().expect("parses"), value);
+    }
+
+    #[test]
+    fn keyword_spellings_match_serde() {
+        agrees(Product::Ha);
+        agrees(Product::Replication);
+        agrees(Os::Windows);
+        agrees(Os::Linux);
+        agrees(SyncMethod::Volume);
+        agrees(SyncMethod::Block);
+        agrees(FsyncPolicy::Always);
+        agrees(FsyncPolicy::Interval);
+        agrees(FsyncPolicy::Never);
+        agrees(SwitchoverMode::Manual);
+        agrees(SwitchoverMode::Automatic);
+    }
+
+    #[test]
+    fn unknown_keyword_suggests() {
+        let e = "automatc".parse::<SwitchoverMode>().expect_err("typo");
+        assert_eq!(e.suggestion, Some("automatic"));
+        assert_eq!(
+            e.to_string(),
+            "unknown switchover mode `automatc`; use one of `manual`, `automatic` (did you mean `automatic`?)"
+        );
+        assert_eq!(
+            "Standard_LRS".parse::<StorageAccountType>(),
+            Ok(StorageAccountType::StandardLrs)
+        );
+    }
 }

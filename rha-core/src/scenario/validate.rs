@@ -153,6 +153,17 @@ pub(crate) fn validate(s: &Scenario) -> Validation {
         Replica::Local(r) => check_local(&mut c, s, r),
         Replica::Azure(r) => check_azure(&mut c, s, r),
     }
+    if let Some(os) = s.vm.os_type {
+        if os != s.master.os {
+            c.warning(
+                "vm.os_type",
+                format!(
+                    "The VM is declared as {os} but the master runs {}; the VM boots the master's own disks, so remove `os_type` or correct `master.os`.",
+                    s.master.os
+                ),
+            );
+        }
+    }
     check_volumes(&mut c, s);
     check_sync(&mut c, s);
     check_journal(&mut c, s);
