@@ -356,7 +356,11 @@ fn vm_os_type_must_match_master() {
     s.vm.os_type = Some(rha_core::scenario::Os::Linux);
     let v = s.validate();
     assert!(v.is_ok(), "{v}");
-    assert_warning(&v, "vm.os_type", "declared as linux but the master runs windows");
+    assert_warning(
+        &v,
+        "vm.os_type",
+        "declared as linux but the master runs windows",
+    );
 }
 
 #[test]
