@@ -457,3 +457,354 @@ proptest! {
         let _ = Scenario::from_toml_str(&text).map(|s| s.validate().to_string());
     }
 }
+
+type Mutation = fn(&mut Scenario);
+
+fn local_replica(s: &mut Scenario) -> &mut rha_core::scenario::LocalReplica {
+    match &mut s.replica {
+        Replica::Local(r) => r,
+        Replica::Azure(_) => panic!("local template"),
+    }
+}
+
+fn azure_replica(s: &mut Scenario) -> &mut rha_core::scenario::AzureReplica {
+    match &mut s.replica {
+        Replica::Azure(r) => r,
+        Replica::Local(_) => panic!("azure template"),
+    }
+}
+
+/// One template mutation per validation rule, and the single finding it must cause.
+#[test]
+fn every_rule_reports_its_own_finding() {
+    use rha_core::scenario::{CommandSpec, FsyncPolicy, Product, SwitchoverMode};
+    use Severity::{Error, Warning};
+    use Template::{Azure, Local};
+    let cases: Vec<(Template, Mutation, &str, Severity, &str)> = vec![
+        (Local, |s| s.name.clear(), "name", Error, "name is empty"),
+        (
+            Local,
+            |s| s.name = ".hidden".into(),
+            "name",
+            Error,
+            "not starting with",
+        ),
+        (
+            Local,
+            |s| s.name = "x".repeat(65),
+            "name",
+            Error,
+            "up to 64",
+        ),
+        (
+            Local,
+            |s| local_replica(s).appliance.clear(),
+            "replica.local.appliance",
+            Error,
+            "appliance address is empty",
+        ),
+        (
+            Local,
+            |s| local_replica(s).port = 0,
+            "replica.local.port",
+            Error,
+            "Port 0",
+        ),
+        (
+            Local,
+            |s| s.vm.name = "web 01".into(),
+            "vm.name",
+            Error,
+            "QEMU",
+        ),
+        (
+            Local,
+            |s| s.vm.name.clear(),
+            "vm.name",
+            Error,
+            "VM name is empty",
+        ),
+        (
+            Local,
+            |s| s.vm.cpus = None,
+            "vm.cpus",
+            Error,
+            "needs a CPU count",
+        ),
+        (
+            Local,
+            |s| s.vm.cpus = Some(0),
+            "vm.cpus",
+            Error,
+            "at least one CPU",
+        ),
+        (
+            Local,
+            |s| s.vm.memory_mb = None,
+            "vm.memory_mb",
+            Error,
+            "needs memory",
+        ),
+        (
+            Local,
+            |s| s.vm.memory_mb = Some(256),
+            "vm.memory_mb",
+            Error,
+            "at least 512",
+        ),
+        (
+            Local,
+            |s| s.vm.size = Some("Standard_D2s_v3".into()),
+            "vm.size",
+            Warning,
+            "ignored for a local replica",
+        ),
+        (
+            Local,
+            |s| s.vm.resource_group = Some("rg".into()),
+            "vm.resource_group",
+            Warning,
+            "ignored",
+        ),
+        (
+            Local,
+            |s| s.network.private_ip = Some("fe80::1::2".into()),
+            "network.private_ip",
+            Error,
+            "not an IP address",
+        ),
+        (
+            Local,
+            |s| s.volumes[1].id.clear(),
+            "volumes[1].id",
+            Error,
+            "volume id is empty",
+        ),
+        (
+            Local,
+            |s| s.volumes[1].size_bytes = Some(0),
+            "volumes[1].size_bytes",
+            Error,
+            "0 bytes",
+        ),
+        (
+            Local,
+            |s| s.sync.bandwidth_limit_kbps = Some(0),
+            "sync.bandwidth_limit_kbps",
+            Error,
+            "stop replication",
+        ),
+        (
+            Local,
+            |s| s.journal.directory = "".into(),
+            "journal.directory",
+            Error,
+            "journal directory is empty",
+        ),
+        (
+            Local,
+            |s| s.journal.max_size_mb = 0,
+            "journal.max_size_mb",
+            Error,
+            "0 MiB",
+        ),
+        (
+            Local,
+            |s| {
+                s.journal.fsync = FsyncPolicy::Interval;
+                s.journal.fsync_interval_ms = 0;
+            },
+            "journal.fsync_interval_ms",
+            Error,
+            "0 ms",
+        ),
+        (
+            Local,
+            |s| s.journal.fsync = FsyncPolicy::Never,
+            "journal.fsync",
+            Warning,
+            "power failure",
+        ),
+        (
+            Local,
+            |s| s.is_alive.checks.clear(),
+            "is_alive.checks",
+            Error,
+            "no checks",
+        ),
+        (
+            Local,
+            |s| {
+                s.is_alive.checks = vec![Check::Tcp {
+                    host: String::new(),
+                    port: 1,
+                }]
+            },
+            "is_alive.checks[0].host",
+            Error,
+            "host is empty",
+        ),
+        (
+            Local,
+            |s| {
+                s.switchover.disable_master_network = Some(CommandSpec {
+                    program: " ".into(),
+                    args: vec![],
+                })
+            },
+            "switchover.disable_master_network.program",
+            Error,
+            "remove `[switchover.disable_master_network]`",
+        ),
+        (
+            Local,
+            |s| {
+                s.product = Product::Replication;
+                s.is_alive.enabled = false;
+            },
+            "switchover.mode",
+            Error,
+            "replication-only scenario never switches over",
+        ),
+        (
+            Local,
+            |s| {
+                s.master.nat = true;
+                s.is_alive.checks.truncate(1);
+                s.switchover.mode = SwitchoverMode::Manual;
+                s.master.port = 1;
+            },
+            "",
+            Error,
+            "",
+        ),
+        (
+            Azure,
+            |s| azure_replica(s).appliance.clear(),
+            "replica.azure.appliance",
+            Error,
+            "appliance address is empty",
+        ),
+        (
+            Azure,
+            |s| azure_replica(s).port = 0,
+            "replica.azure.port",
+            Error,
+            "Port 0",
+        ),
+        (
+            Azure,
+            |s| azure_replica(s).account.clear(),
+            "replica.azure.account",
+            Error,
+            "rha cloud account add",
+        ),
+        (
+            Azure,
+            |s| azure_replica(s).region.clear(),
+            "replica.azure.region",
+            Error,
+            "region is empty",
+        ),
+        (
+            Azure,
+            |s| azure_replica(s).resource_group = "x".repeat(91),
+            "replica.azure.resource_group",
+            Error,
+            "1 to 90",
+        ),
+        (
+            Azure,
+            |s| azure_replica(s).container = "a--b".into(),
+            "replica.azure.container",
+            Error,
+            "single hyphens",
+        ),
+        (
+            Azure,
+            |s| azure_replica(s).container = "ab".into(),
+            "replica.azure.container",
+            Error,
+            "3 to 63",
+        ),
+        (
+            Azure,
+            |s| s.vm.size = None,
+            "vm.size",
+            Error,
+            "needs a size",
+        ),
+        (
+            Azure,
+            |s| s.vm.size = Some("Standard_".into()),
+            "vm.size",
+            Error,
+            "does not look like",
+        ),
+        (
+            Azure,
+            |s| s.vm.resource_group = Some("rg!".into()),
+            "vm.resource_group",
+            Error,
+            "resource group",
+        ),
+        (
+            Azure,
+            |s| s.vm.cpus = Some(4),
+            "vm.cpus",
+            Warning,
+            "VM size decides",
+        ),
+        (
+            Azure,
+            |s| s.vm.name = "sql01-".into(),
+            "vm.name",
+            Error,
+            "must not end with",
+        ),
+        (
+            Azure,
+            |s| s.vm.name.clear(),
+            "vm.name",
+            Error,
+            "VM name is empty",
+        ),
+        (
+            Azure,
+            |s| s.network.subnet = Some("  ".into()),
+            "network.subnet",
+            Error,
+            "needs a subnet",
+        ),
+        (
+            Azure,
+            |s| s.network.virtual_network = None,
+            "network.virtual_network",
+            Error,
+            "virtual network",
+        ),
+    ];
+    for (template, mutate, path, severity, needle) in cases {
+        let mut s = Scenario::template(template);
+        mutate(&mut s);
+        let v = s.validate();
+        if path.is_empty() {
+            // NAT with a heartbeat-only check is fine.
+            assert!(v.is_clean(), "{v}");
+            continue;
+        }
+        assert_eq!(v.findings().len(), 1, "{template:?} {path}: {v}");
+        let f = &v.findings()[0];
+        assert_eq!((f.path.as_str(), f.severity), (path, severity), "{v}");
+        assert!(
+            f.message.contains(needle),
+            "{path}: {:?} lacks {needle:?}",
+            f.message
+        );
+        assert!(
+            f.message.ends_with('.'),
+            "a finding is a sentence: {:?}",
+            f.message
+        );
+    }
+}
