@@ -246,7 +246,17 @@ fn unknown_key_in_array_of_tables_and_tagged_check() {
 fn missing_field_is_reported() {
     let text = "name = \"x\"\nproduct = \"ha\"\n[master]\nhost = \"h\"\n";
     let e = Scenario::from_toml_str(text).expect_err("incomplete");
-    assert!(e.to_string().contains("missing field"), "{e}");
+    assert!(e.to_string().contains("missing field `os`"), "{e}");
+    assert_eq!(e.key_path(), Some("master"));
+
+    // A missing top-level key belongs to no key (not to the first one).
+    let text = Scenario::template(Template::Local)
+        .to_toml_string()
+        .expect("serialises")
+        .replacen("name = \"web01-ha\"\n", "", 1);
+    let e = Scenario::from_toml_str(&text).expect_err("no name");
+    assert!(e.to_string().contains("missing field `name`"), "{e}");
+    assert_eq!(e.key_path(), None, "{e}");
 }
 
 #[test]

@@ -141,10 +141,14 @@ fn from_toml_error(
     file: Option<&Path>,
     tree: Option<&Node>,
 ) -> ScenarioError {
-    let span = e.span().unwrap_or(0..0);
-    let location = Location::at(file, src, span.start);
     let message = e.message().trim().to_owned();
-    let key_path = tree.and_then(|t| {
+    // A missing top-level key is reported against the root table, whose span
+    // starts at byte 0 (where the first key also is): it belongs to no key.
+    let span = e
+        .span()
+        .filter(|s| s.start > 0 || !message.starts_with("missing field"));
+    let location = Location::at(file, src, span.as_ref().map_or(0, |s| s.start));
+    let key_path = tree.zip(span.as_ref()).and_then(|(t, span)| {
         let mut path = Vec::new();
         t.path_to(span.start, &mut path);
         (!path.is_empty()).then(|| join_path(&path))

@@ -45,6 +45,7 @@ impl fmt::Display for Finding {
 }
 
 /// The result of [`Scenario::validate`]: every finding, errors first.
+#[must_use]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Validation {
     findings: Vec<Finding>,
