@@ -243,6 +243,24 @@ fn unknown_key_in_array_of_tables_and_tagged_check() {
 }
 
 #[test]
+fn unit_suffix_and_two_replicas() {
+    let base = Scenario::template(Template::Local)
+        .to_toml_string()
+        .expect("serialises");
+    let text = base.replacen("interval_secs", "interval", 1);
+    let e = Scenario::from_toml_str(&text).expect_err("no unit");
+    assert!(
+        e.to_string().contains("did you mean `interval_secs`?"),
+        "{e}"
+    );
+
+    let text = base.replacen("[replica.local]", "[replica.azure]\n[replica.local]", 1);
+    let e = Scenario::from_toml_str(&text).expect_err("two replicas");
+    assert_eq!(e.key_path(), Some("replica"));
+    assert!(e.to_string().contains("exactly one replica"), "{e}");
+}
+
+#[test]
 fn missing_field_is_reported() {
     let text = "name = \"x\"\nproduct = \"ha\"\n[master]\nhost = \"h\"\n";
     let e = Scenario::from_toml_str(text).expect_err("incomplete");

@@ -163,6 +163,14 @@ fn from_toml_error(
             };
         }
     }
+    let message = match key_path.as_deref() {
+        Some("replica") if message.starts_with("wanted exactly 1 element") => {
+            "a scenario has exactly one replica: keep either `[replica.local]` or \
+             `[replica.azure]`"
+                .to_owned()
+        }
+        _ => message,
+    };
     let suggestion = suggest::parse_unknown(&message).and_then(|(unknown, expected)| {
         suggest::did_you_mean(unknown, expected.iter().copied()).map(str::to_owned)
     });

@@ -29,12 +29,26 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 /// The candidate closest to `word`, if it is close enough to be a likely typo:
 /// at most one edit for short words, up to a third of the word's length for
 /// longer ones. Ties go to the first candidate.
+///
+/// A word that lacks only a unit suffix (`interval` for `interval_secs`,
+/// `memory` for `memory_mb`) is matched too, since scenario files carry units
+/// in key names.
 pub fn did_you_mean<'a, I>(word: &str, candidates: I) -> Option<&'a str>
 where
     I: IntoIterator<Item = &'a str>,
 {
-    let limit = (word.chars().count() / 3).max(1);
+    let candidates: Vec<&'a str> = candidates.into_iter().collect();
     let lower = word.to_ascii_lowercase();
+    let suffixed = candidates.iter().copied().find(|c| {
+        let c = c.to_ascii_lowercase();
+        !lower.is_empty()
+            && c.strip_prefix(lower.as_str())
+                .is_some_and(|rest| rest.starts_with('_') && !rest[1..].contains('_'))
+    });
+    if suffixed.is_some() {
+        return suffixed;
+    }
+    let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()
         .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), c))
@@ -100,6 +114,11 @@ mod tests {
         assert_eq!(did_you_mean("intervl_secs", c), Some("interval_secs"));
         assert_eq!(did_you_mean("Timeout_Secs", c), Some("timeout_secs"));
         assert_eq!(did_you_mean("colour", c), None);
+        assert_eq!(did_you_mean("interval", c), Some("interval_secs"));
+        assert_eq!(did_you_mean("timeout_seconds", c), Some("timeout_secs"));
+        let v = ["id", "system", "exclude", "size_bytes"];
+        assert_eq!(did_you_mean("size", v), Some("size_bytes"));
+        assert_eq!(did_you_mean("", v), None);
     }
 
     #[test]
