@@ -182,7 +182,7 @@ pub enum JournalError {
     Gap {
         /// The first seq the caller wanted (`after + 1`).
         wanted: Seq,
-        /// The oldest seq still in the journal (`last_seq() + 1` if it is empty).
+        /// The first seq after `wanted` still in the journal (`last_seq() + 1` if none).
         first: Seq,
     },
     /// A record read back from a segment is damaged (found after open).
@@ -668,13 +668,19 @@ impl Journal {
                 return Ok(Vec::new());
             }
             let wanted = after + 1;
-            let first = inner
+            // The first record at or after `wanted` must be `wanted` itself.
+            let next = inner
                 .segments
                 .iter()
-                .find(|s| !s.offsets.is_empty())
-                .map_or(inner.last_seq + 1, |s| s.first_seq);
-            if wanted < first {
-                return Err(JournalError::Gap { wanted, first });
+                .filter(|s| s.last_seq().is_some_and(|l| l >= wanted))
+                .map(|s| s.first_seq.max(wanted))
+                .next()
+                .unwrap_or(inner.last_seq + 1);
+            if next != wanted {
+                return Err(JournalError::Gap {
+                    wanted,
+                    first: next,
+                });
             }
             for seg in &inner.segments {
                 let Some(last) = seg.last_seq() else { continue };
@@ -807,8 +813,7 @@ impl Journal {
         let mut inner = self.lock();
         inner.sync()?;
         inner.state.clean_shutdown = true;
-        let st = inner.state.clone();
-        state::write_state(&inner.dir, &st)
+        inner.persist_state()
     }
 }
 
