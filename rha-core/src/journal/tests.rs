@@ -2,7 +2,6 @@
 
 use super::*;
 use proptest::prelude::*;
-use std::collections::BTreeMap;
 
 const VOL: u64 = 1 << 20;
 
