@@ -57,6 +57,7 @@ use std::time::{Duration, Instant};
 pub use record::{decode_record, encode_record, RecordError, MAX_DATA_BYTES};
 
 use changelog::ChangeLog;
+use record::PayloadRef;
 use segment::{Next, Segment, SEGMENT_HEADER_BYTES};
 use state::State;
 
@@ -631,8 +632,7 @@ impl Journal {
                 max: MAX_DATA_BYTES as u64,
             });
         }
-        self.lock()
-            .append(volume, offset, Payload::Data(data.to_vec()))
+        self.lock().append(volume, offset, PayloadRef::Data(data))
     }
 
     /// Journals zeroing `len` bytes at `offset` on `volume` (as [`Journal::append`]).
@@ -642,7 +642,7 @@ impl Journal {
         offset: u64,
         len: u64,
     ) -> Result<Appended, JournalError> {
-        self.lock().append(volume, offset, Payload::Zero(len))
+        self.lock().append(volume, offset, PayloadRef::Zero(len))
     }
 
     /// Forces every appended record to stable storage.
@@ -842,31 +842,22 @@ impl Inner {
         &mut self,
         volume: VolumeId,
         offset: u64,
-        payload: Payload,
+        payload: PayloadRef<'_>,
     ) -> Result<Appended, JournalError> {
         self.check_failed()?;
-        let len = match &payload {
-            Payload::Data(d) => d.len() as u64,
-            Payload::Zero(n) => *n,
-        };
+        let len = payload.len();
         self.changelog.check_range(volume, offset, len)?;
         // The change log first: it must cover the write whatever happens next.
         self.changelog.mark(volume, offset, len)?;
         let seq = self.last_seq + 1;
-        let record = Record {
-            seq,
-            volume,
-            offset,
-            payload,
-        };
-        let rec_len = record::encoded_len(&record) as u64;
+        let rec_len = payload.encoded_len() as u64;
         if self.unacked_bytes + rec_len > self.config.max_bytes {
             self.overflow(rec_len)?;
             return Ok(Appended::Overflowed);
         }
         self.ensure_segment(seq, rec_len)?;
         self.buf.clear();
-        record::encode_record(&record, &mut self.buf);
+        record::encode_parts(seq, volume, offset, payload, &mut self.buf);
         let (Some(seg), Some(file)) = (self.segments.back_mut(), self.active.as_mut()) else {
             return Err(JournalError::Failed {
                 path: self.dir.clone(),

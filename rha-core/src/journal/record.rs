@@ -21,6 +21,7 @@
 //! and never panics, whatever the input.
 
 use super::{Payload, Record};
+use crate::{Seq, VolumeId};
 
 /// Magic number at the start of every record: `"RHJR"` read as a little-endian `u32`.
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"RHJR");
@@ -96,11 +97,42 @@ pub enum RecordError {
     },
 }
 
+/// A borrowed payload, so that appends encode without copying the data twice.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PayloadRef<'a> {
+    /// Data bytes.
+    Data(&'a [u8]),
+    /// A zeroed length.
+    Zero(u64),
+}
+
+impl PayloadRef<'_> {
+    /// Volume bytes covered.
+    pub(crate) fn len(self) -> u64 {
+        match self {
+            PayloadRef::Data(d) => d.len() as u64,
+            PayloadRef::Zero(n) => n,
+        }
+    }
+
+    /// Encoded size of a record with this payload.
+    pub(crate) fn encoded_len(self) -> usize {
+        match self {
+            PayloadRef::Data(d) => RECORD_HEADER_BYTES + d.len(),
+            PayloadRef::Zero(_) => RECORD_HEADER_BYTES,
+        }
+    }
+}
+
 /// The encoded size of `record` in bytes.
 pub fn encoded_len(record: &Record) -> usize {
-    match &record.payload {
-        Payload::Data(d) => RECORD_HEADER_BYTES + d.len(),
-        Payload::Zero(_) => RECORD_HEADER_BYTES,
+    payload_ref(&record.payload).encoded_len()
+}
+
+fn payload_ref(p: &Payload) -> PayloadRef<'_> {
+    match p {
+        Payload::Data(d) => PayloadRef::Data(d),
+        Payload::Zero(n) => PayloadRef::Zero(*n),
     }
 }
 
@@ -109,23 +141,40 @@ pub fn encoded_len(record: &Record) -> usize {
 /// A data payload longer than [`MAX_DATA_BYTES`] produces bytes that
 /// [`decode_record`] rejects; [`super::Journal::append`] never writes one.
 pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
+    encode_parts(
+        record.seq,
+        record.volume,
+        record.offset,
+        payload_ref(&record.payload),
+        out,
+    );
+}
+
+/// [`encode_record`] from borrowed parts.
+pub(crate) fn encode_parts(
+    seq: Seq,
+    volume: VolumeId,
+    offset: u64,
+    payload: PayloadRef<'_>,
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
-    let total = encoded_len(record);
-    let (kind, payload_len) = match &record.payload {
-        Payload::Data(d) => (KIND_DATA, d.len() as u64),
-        Payload::Zero(n) => (KIND_ZERO, *n),
+    let total = payload.encoded_len();
+    let (kind, payload_len) = match payload {
+        PayloadRef::Data(d) => (KIND_DATA, d.len() as u64),
+        PayloadRef::Zero(n) => (KIND_ZERO, n),
     };
     out.reserve(total);
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     // Saturate instead of wrapping so an oversized record can never look valid.
     out.extend_from_slice(&u32::try_from(total).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(&[0; 4]); // CRC, filled in below
-    out.extend_from_slice(&record.seq.to_le_bytes());
-    out.extend_from_slice(&record.volume.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&volume.to_le_bytes());
     out.extend_from_slice(&[kind, 0, 0, 0]);
-    out.extend_from_slice(&record.offset.to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
     out.extend_from_slice(&payload_len.to_le_bytes());
-    if let Payload::Data(d) = &record.payload {
+    if let PayloadRef::Data(d) = payload {
         out.extend_from_slice(d);
     }
     let crc = crc32fast::hash(&out[start + CRC_END..]);

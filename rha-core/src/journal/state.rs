@@ -14,7 +14,8 @@
 //!  96     4    CRC-32 of bytes 0..96
 //! ```
 //!
-//! The file is only ever replaced atomically ([`write_atomic`]), so a CRC
+//! The file is only ever replaced atomically (temporary file, fsync, rename,
+//! fsync of the directory), so a CRC
 //! mismatch means outside damage, not a torn write.
 
 use std::fs::{self, File, OpenOptions};
