@@ -343,6 +343,12 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Jo
     }
 }
 
+/// A change to the segment files decided during recovery.
+enum Repair {
+    Delete(PathBuf),
+    Truncate(PathBuf, u64),
+}
+
 fn warn(warnings: &mut Vec<String>, dir: &Path, msg: String) {
     tracing::warn!(journal = %dir.display(), "{msg}");
     warnings.push(msg);
@@ -432,6 +438,10 @@ impl Journal {
         }
         listed.sort();
 
+        // Decide every repair first and apply them only after the state
+        // file (with `needs_resync` and the seq floor) is durable, so a
+        // crash half-way through a repair cannot hide lost records.
+        let mut repairs: Vec<Repair> = Vec::new();
         let mut segments: VecDeque<Segment> = VecDeque::new();
         let mut dropped_bytes = 0u64;
         let mut drop_rest = false;
@@ -443,7 +453,7 @@ impl Journal {
                 let scan = segment::scan_segment(&path, first)?;
                 floor = floor.max(first).max(scan.segment.last_seq().unwrap_or(0));
                 dropped_bytes += scan.file_len;
-                fs::remove_file(&path).map_err(io("delete segment after corruption", &path))?;
+                repairs.push(Repair::Delete(path.clone()));
                 warn(
                     &mut warnings,
                     &dir,
@@ -459,7 +469,7 @@ impl Journal {
                     let scan = segment::scan_segment(&path, first)?;
                     floor = floor.max(scan.segment.last_seq().unwrap_or(0));
                     dropped_bytes += scan.file_len;
-                    fs::remove_file(&path).map_err(io("delete segment after a gap", &path))?;
+                    repairs.push(Repair::Delete(path.clone()));
                     warn(
                         &mut warnings,
                         &dir,
@@ -513,11 +523,10 @@ impl Journal {
                     }
                 }
                 if bad.offset < SEGMENT_HEADER_BYTES {
-                    fs::remove_file(&path)
-                        .map_err(io("delete segment with a bad header", &path))?;
+                    repairs.push(Repair::Delete(path));
                     continue;
                 }
-                segment::truncate(&path, bad.offset)?;
+                repairs.push(Repair::Truncate(path, bad.offset));
                 seg.len = bad.offset;
             }
             segments.push_back(seg);
@@ -533,7 +542,7 @@ impl Journal {
             if !done {
                 break;
             }
-            fs::remove_file(&front.path).map_err(io("delete acknowledged segment", &front.path))?;
+            repairs.push(Repair::Delete(front.path.clone()));
             segments.pop_front();
         }
 
@@ -562,6 +571,17 @@ impl Journal {
         st.fsync_always = config.fsync == FsyncPolicy::Always;
         st.boot_id = boot_id;
         state::write_state(&dir, &st)?;
+        for repair in &repairs {
+            match repair {
+                Repair::Delete(path) => match fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("delete segment", path)(e))
+                    }
+                    _ => {}
+                },
+                Repair::Truncate(path, len) => segment::truncate(path, *len)?,
+            }
+        }
         state::fsync_dir(&dir)?;
 
         let active = match segments.back() {
@@ -888,11 +908,7 @@ impl Inner {
             FsyncPolicy::Never => false,
         };
         if due {
-            if let Err(e) = self.sync() {
-                // After a failed fsync the page cache state is unknown.
-                self.failed = Some(e.to_string());
-                return Err(e);
-            }
+            self.sync()?;
         }
         Ok(Appended::Logged(seq))
     }
@@ -939,7 +955,17 @@ impl Inner {
         Ok(())
     }
 
+    /// Syncs everything pending; after a failure the journal refuses
+    /// further appends (the page cache state is unknown after a failed fsync).
     fn sync(&mut self) -> Result<(), JournalError> {
+        let res = self.sync_inner();
+        if let Err(e) = &res {
+            self.failed = Some(e.to_string());
+        }
+        res
+    }
+
+    fn sync_inner(&mut self) -> Result<(), JournalError> {
         for f in self.unsynced.drain(..) {
             f.sync_data().map_err(io("fdatasync segment", &self.dir))?;
         }
@@ -977,11 +1003,16 @@ impl Inner {
         while let Some(seg) = self.segments.pop_front() {
             if let Err(source) = fs::remove_file(&seg.path) {
                 if source.kind() != std::io::ErrorKind::NotFound {
+                    self.failed = Some(format!(
+                        "an overflow could not delete segment {}: {source}",
+                        seg.path.display()
+                    ));
+                    let path = seg.path.clone();
                     self.segments.push_front(seg);
                     self.recount();
                     return Err(JournalError::Io {
                         op: "delete segment on overflow",
-                        path: self.dir.clone(),
+                        path,
                         source,
                     });
                 }
