@@ -878,38 +878,49 @@ impl Inner {
         self.ensure_segment(seq, rec_len)?;
         self.buf.clear();
         record::encode_parts(seq, volume, offset, payload, &mut self.buf);
-        let (Some(seg), Some(file)) = (self.segments.back_mut(), self.active.as_mut()) else {
+        let (Some(seg), Some(file)) = (self.segments.back(), self.active.as_mut()) else {
             return Err(JournalError::Failed {
                 path: self.dir.clone(),
                 reason: "no active segment after creating one".into(),
             });
         };
-        if let Err(source) = file.write_all(&self.buf) {
+        let (path, start) = (seg.path.clone(), seg.len);
+        let mut res = file
+            .write_all(&self.buf)
+            .map_err(io("append record", &path));
+        self.active_dirty = true;
+        if res.is_ok() {
+            let due = match self.config.fsync {
+                FsyncPolicy::Always => true,
+                FsyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
+                FsyncPolicy::Never => false,
+            };
+            if due {
+                // Before the record is indexed: readers must never ship a
+                // record that is not yet as durable as the policy promises.
+                res = self.sync();
+            }
+        }
+        if let Err(e) = res {
             // Cut off whatever part of the record reached the file.
-            if let Err(e) = file.set_len(seg.len) {
+            let cut = match &self.active {
+                Some(f) => f.set_len(start),
+                None => Ok(()),
+            };
+            if let Err(cut_err) = cut {
                 self.failed = Some(format!(
-                    "a failed append of record {seq} could not be cut off: {e}"
+                    "a failed append of record {seq} could not be cut off {}: {cut_err}",
+                    path.display()
                 ));
             }
-            return Err(JournalError::Io {
-                op: "append record",
-                path: seg.path.clone(),
-                source,
-            });
+            return Err(e);
         }
-        seg.offsets.push(seg.len);
-        seg.len += rec_len;
+        if let Some(seg) = self.segments.back_mut() {
+            seg.offsets.push(start);
+            seg.len = start + rec_len;
+        }
         self.last_seq = seq;
         self.unacked_bytes += rec_len;
-        self.active_dirty = true;
-        let due = match self.config.fsync {
-            FsyncPolicy::Always => true,
-            FsyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
-            FsyncPolicy::Never => false,
-        };
-        if due {
-            self.sync()?;
-        }
         Ok(Appended::Logged(seq))
     }
 
