@@ -330,6 +330,26 @@ mod tests {
             fuzz_one(&bytes);
         }
 
+        /// Arbitrary header fields behind a valid magic, length and CRC:
+        /// reaches the field checks past the checksum.
+        #[test]
+        fn crafted_headers_never_panic(
+            fields in proptest::collection::vec(any::<u8>(), 32),
+            kind in 0u8..4,
+            data in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut buf = Vec::new();
+            buf.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+            buf.extend_from_slice(&((RECORD_HEADER_BYTES + data.len()) as u32).to_le_bytes());
+            buf.extend_from_slice(&[0; 4]);
+            buf.extend_from_slice(&fields);
+            buf[24] = kind;
+            buf.extend_from_slice(&data);
+            let crc = crc32fast::hash(&buf[CRC_END..]);
+            buf[8..12].copy_from_slice(&crc.to_le_bytes());
+            fuzz_one(&buf);
+        }
+
         #[test]
         fn flipped_bit_is_detected(r in arb_record(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
             let mut buf = Vec::new();
