@@ -43,7 +43,6 @@ pub const CHANGELOG_FILE: &str = "changelog";
 const CHANGELOG_HEADER_FIXED: usize = 32;
 
 /// The in-memory copy of the change log plus its open file.
-#[derive(Debug)]
 pub(crate) struct ChangeLog {
     path: PathBuf,
     dir: PathBuf,
@@ -57,6 +56,23 @@ pub(crate) struct ChangeLog {
     boundary: Seq,
     a: Vec<u8>,
     b: Vec<u8>,
+    /// Number of in-place writes (each followed by an fdatasync) so far.
+    pub(crate) writes: u64,
+}
+
+impl std::fmt::Debug for ChangeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bitmaps can be large: show their population instead.
+        let count = |g: &[u8]| g.iter().map(|b| b.count_ones() as u64).sum::<u64>();
+        f.debug_struct("ChangeLog")
+            .field("path", &self.path)
+            .field("region_bytes", &self.region_bytes)
+            .field("sizes", &self.sizes)
+            .field("boundary", &self.boundary)
+            .field("dirty_regions_a", &count(&self.a))
+            .field("dirty_regions_b", &count(&self.b))
+            .finish_non_exhaustive()
+    }
 }
 
 fn header_len(volumes: usize) -> usize {
@@ -114,6 +130,7 @@ impl ChangeLog {
             boundary: boundary_if_new,
             a: vec![0; gen_bytes],
             b: vec![0; gen_bytes],
+            writes: 0,
         };
         match existing {
             Some(bytes) => log.load(&bytes)?,
@@ -277,6 +294,7 @@ impl ChangeLog {
                 .and_then(|()| f.sync_data()),
             None => Err(std::io::Error::other("change log is not open")),
         };
+        self.writes += 1;
         if let Err(source) = res {
             // Forget the new marks so that the next write retries them.
             self.b[first_byte..=last_byte].copy_from_slice(&before);

@@ -301,12 +301,26 @@ pub const LOCK_FILE: &str = "lock";
 /// All methods take `&self`; one internal lock orders appends,
 /// acknowledgements and change-log rotations. Reads hold the lock only to
 /// find and open the segments they need.
-#[derive(Debug)]
 pub struct Journal {
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("Journal")
+            .field("dir", &inner.dir)
+            .field("config", &inner.config)
+            .field("last_seq", &inner.last_seq)
+            .field("acknowledged", &inner.state.acknowledged)
+            .field("bytes", &inner.unacked_bytes)
+            .field("segments", &inner.segments.len())
+            .field("needs_resync", &inner.state.needs_resync)
+            .field("changelog", &inner.changelog)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     dir: PathBuf,
     config: JournalConfig,
@@ -344,6 +358,7 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Jo
 }
 
 /// A change to the segment files decided during recovery.
+#[derive(Debug)]
 enum Repair {
     Delete(PathBuf),
     Truncate(PathBuf, u64),

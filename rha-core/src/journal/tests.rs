@@ -91,11 +91,30 @@ fn bad_writes_are_rejected() {
         j.acknowledge(1),
         Err(JournalError::AckBeyondEnd { upto: 1, last: 0 })
     ));
+    assert!(matches!(
+        j.append(0, 0, &vec![0; MAX_DATA_BYTES + 1]),
+        Err(JournalError::TooLarge { .. })
+    ));
     assert_eq!(j.last_seq(), 0);
     assert!(matches!(
         Journal::open(dir.path(), cfg(), &[VOL, VOL / 2]),
         Err(JournalError::Locked { .. })
     ));
+    assert!(format!("{j:?}").contains("last_seq"));
+}
+
+#[test]
+fn steady_state_writes_do_not_touch_the_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), cfg());
+    for i in 0..100u64 {
+        j.append(0, (i * 40) % 4000, b"same region").unwrap();
+    }
+    assert_eq!(j.lock().changelog.writes, 1);
+    j.append(0, 4096, b"next region").unwrap();
+    j.append_zero(0, 0, 3 * 4096).unwrap(); // only region 2 is new
+    assert_eq!(j.lock().changelog.writes, 3);
+    assert_eq!(j.dirty_ranges(0), vec![0..3 * 4096]);
 }
 
 #[test]
