@@ -1,50 +1,128 @@
-//! The change journal (API skeleton; implemented by the journal work).
-#![allow(missing_docs, unused_variables)]
+//! The change journal: a durable, append-only log of every write to the
+//! master's volumes, plus a persistent dirty-region log ([`changelog`]).
+//!
+//! ```text
+//!   write splitter ──append()──► [mark ChangeLog B] ──► [append record to segment] ──► Appended
+//!                                 (fdatasync only        (fdatasync per FsyncPolicy)
+//!                                  on a new bit)
+//!   replicator ──read_after(acked)──► records ──► replica applies ──► acknowledge(upto)
+//!                                                                     (state file, delete
+//!                                                                      segments, rotate A/B)
+//! ```
+//!
+//! Directory layout: `{first_seq:020}.seg` segment files ([`segment`]),
+//! `state` (acknowledged seq, flags; [`state`]), `changelog` (bitmaps;
+//! [`changelog`]) and `lock` (held with `flock` while open).
+//!
+//! # Contract
+//! - Seqs start at 1, grow by one per journalled write and are never
+//!   reused, across restarts, acknowledgements and overflows.
+//! - With [`FsyncPolicy::Always`], a record is on stable storage when
+//!   [`Journal::append`] returns; a `kill -9` or power loss loses no such record.
+//! - Every write's regions are durably marked in the change log before its
+//!   record is written, so the change log covers every write that is not
+//!   acknowledged, including writes lost to overflow or to a crash.
+//! - The unacknowledged journal never exceeds [`JournalConfig::max_bytes`]:
+//!   a write that would exceed it empties the journal, sets
+//!   [`Journal::needs_resync`] and returns [`Appended::Overflowed`].
+//!
+//! # Example
+//! ```
+//! use rha_core::journal::{Appended, Journal, JournalConfig};
+//! let dir = tempfile::tempdir()?;
+//! let (journal, recovery) = Journal::open(dir.path(), JournalConfig::default(), &[1 << 30])?;
+//! assert!(!recovery.needs_resync);
+//! assert_eq!(journal.append(0, 4096, b"hello")?, Appended::Logged(1));
+//! let records = journal.read_after(0, 1 << 20)?;
+//! assert_eq!(records[0].offset, 4096);
+//! journal.acknowledge(1)?;
+//! journal.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+pub mod changelog;
+pub mod record;
+pub mod segment;
+pub mod state;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Seek, SeekFrom, Write};
 use std::ops::Range;
-use std::path::Path;
-use std::time::Duration;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub use record::{decode_record, encode_record, RecordError, MAX_DATA_BYTES};
+
+use changelog::ChangeLog;
+use record::PayloadRef;
+use segment::{Next, Segment, SEGMENT_HEADER_BYTES};
+use state::State;
 
 use crate::{Seq, VolumeId};
 
+/// What a record does to its volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
+    /// Write these bytes at the record's offset.
     Data(Vec<u8>),
+    /// Zero this many bytes at the record's offset (a trim or zero write).
     Zero(u64),
 }
 
+/// One journalled write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The record's sequence number.
     pub seq: Seq,
+    /// The volume written.
     pub volume: VolumeId,
+    /// Byte offset of the write on the volume.
     pub offset: u64,
+    /// What was written.
     pub payload: Payload,
 }
 
 impl Record {
+    /// Number of volume bytes the record covers.
     pub fn len(&self) -> u64 {
         match &self.payload {
             Payload::Data(d) => d.len() as u64,
             Payload::Zero(n) => *n,
         }
     }
+    /// True if the record covers no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
+/// When appended records are forced to stable storage (fdatasync).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
+    /// Before [`Journal::append`] returns. Survives power loss.
     Always,
+    /// On an append at least this long after the previous sync, and on
+    /// [`Journal::sync`] / [`Journal::close`].
     Interval(Duration),
+    /// Only on [`Journal::sync`] / [`Journal::close`].
     Never,
 }
 
+/// Journal settings.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
+    /// A new segment file starts when a record would take the current one
+    /// past this size (a single larger record still gets its own segment).
     pub segment_bytes: u64,
+    /// Upper bound on unacknowledged record bytes; see [`Appended::Overflowed`].
     pub max_bytes: u64,
+    /// When records are fdatasync'ed.
     pub fsync: FsyncPolicy,
+    /// Size of one change-log region in bytes; must be the same on every
+    /// open of a journal directory.
     pub region_bytes: u64,
 }
 
@@ -59,83 +137,972 @@ impl Default for JournalConfig {
     }
 }
 
+/// What [`Journal::append`] did with a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
+    /// The write was journalled under this seq.
     Logged(Seq),
+    /// The journal was full: every unacknowledged record was discarded,
+    /// [`Journal::needs_resync`] is set, and the write is covered only by the
+    /// change log ([`Journal::dirty_ranges`]).
     Overflowed,
 }
 
+/// What [`Journal::open`] found and repaired.
 #[derive(Debug, Clone, Default)]
 pub struct Recovery {
+    /// Records present in the journal after recovery.
     pub records: u64,
+    /// Bytes of torn or corrupt tail (and of dropped segments) removed.
     pub dropped_tail_bytes: u64,
+    /// Whether the previous session ended with [`Journal::close`] (true for a new journal).
     pub clean_shutdown: bool,
+    /// Whether the dirty regions must be resynchronised (see [`Journal::resync_started`]).
     pub needs_resync: bool,
+    /// Human-readable descriptions of everything repaired or suspicious.
     pub warnings: Vec<String>,
 }
 
+/// Errors from the journal.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JournalError {
+    /// A filesystem operation failed.
     #[error("journal {path}: {op}: {source}")]
     Io {
+        /// What was being done.
         op: &'static str,
-        path: std::path::PathBuf,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
-    #[error("journal: records after sequence {wanted} were discarded (the oldest kept is {first}); a resynchronisation of the dirty regions is needed")]
-    Gap { wanted: Seq, first: Seq },
+    /// The records the caller asked for no longer exist.
+    #[error("journal: the records from sequence {wanted} on were discarded (the oldest kept is {first}); a resynchronisation of the dirty regions is needed (Journal::resync_started)")]
+    Gap {
+        /// The first seq the caller wanted (`after + 1`).
+        wanted: Seq,
+        /// The first seq after `wanted` still in the journal (`last_seq() + 1` if none).
+        first: Seq,
+    },
+    /// A record read back from a segment is damaged (found after open).
+    #[error("journal {path}: record {seq} at byte {offset} is corrupt: {source}; reopen the journal to repair it, then resynchronise")]
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte offset of the record in the file.
+        offset: u64,
+        /// The seq the record should have.
+        seq: Seq,
+        /// What is wrong with it.
+        #[source]
+        source: RecordError,
+    },
+    /// The state file is damaged.
+    #[error("journal state file {path} is unreadable ({reason}); the journal cannot be trusted: delete the journal directory and run a full synchronisation")]
+    CorruptState {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The change-log file is damaged or missing.
+    #[error("journal change log {path} is unreadable ({reason}); dirty regions are unknown: delete the journal directory and run a full synchronisation")]
+    CorruptChangeLog {
+        /// The change-log file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The volumes given to [`Journal::open`] differ from those the journal was created with.
+    #[error("journal change log {path} was created for volume sizes {stored_sizes:?} with {stored_region_bytes}-byte regions, but opened with sizes {given_sizes:?} and {given_region_bytes}-byte regions; open it with the original volumes, or delete the journal directory and run a full synchronisation")]
+    VolumeMismatch {
+        /// The change-log file.
+        path: PathBuf,
+        /// Volume sizes stored in the change log.
+        stored_sizes: Vec<u64>,
+        /// Region size stored in the change log.
+        stored_region_bytes: u64,
+        /// Volume sizes passed to open.
+        given_sizes: Vec<u64>,
+        /// Region size in the configuration passed to open.
+        given_region_bytes: u64,
+    },
+    /// The configuration is unusable.
+    #[error("journal configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another journal instance holds the directory.
+    #[error("journal {path} is already open in another process or instance; close it first")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A write names a volume the journal does not know.
+    #[error("journal: volume {volume} does not exist (the journal has {volumes} volumes)")]
+    UnknownVolume {
+        /// The volume named.
+        volume: VolumeId,
+        /// How many volumes the journal was opened with.
+        volumes: usize,
+    },
+    /// A write reaches past the end of its volume.
+    #[error("journal: write of {len} bytes at {offset} reaches past the end of volume {volume} ({size} bytes)")]
+    OutOfRange {
+        /// The volume.
+        volume: VolumeId,
+        /// Offset of the write.
+        offset: u64,
+        /// Length of the write.
+        len: u64,
+        /// Size of the volume.
+        size: u64,
+    },
+    /// A single write is larger than one record may be.
+    #[error("journal: a write of {len} bytes exceeds the {max}-byte record limit; split it")]
+    TooLarge {
+        /// Length of the write.
+        len: u64,
+        /// [`MAX_DATA_BYTES`].
+        max: u64,
+    },
+    /// An acknowledgement names a seq that was never handed out.
+    #[error(
+        "journal: cannot acknowledge up to {upto}: the last sequence number handed out is {last}"
+    )]
+    AckBeyondEnd {
+        /// The seq acknowledged.
+        upto: Seq,
+        /// [`Journal::last_seq`].
+        last: Seq,
+    },
+    /// An earlier I/O failure left the journal in an unknown state.
+    #[error("journal {path} is unusable after an earlier failure ({reason}); close and reopen it to recover")]
+    Failed {
+        /// The file concerned.
+        path: PathBuf,
+        /// The earlier failure.
+        reason: String,
+    },
 }
 
+/// Records returned by one [`Journal::read_after`] call at most, whatever
+/// their payload (bounds memory for runs of [`Payload::Zero`] records).
+pub const MAX_RECORDS_PER_READ: usize = 1 << 16;
+
+/// File name of the lock file inside the journal directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// The durable change journal of one master. See the [module docs](self).
+///
+/// All methods take `&self`; one internal lock orders appends,
+/// acknowledgements and change-log rotations. Reads hold the lock only to
+/// find and open the segments they need.
+pub struct Journal {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("Journal")
+            .field("dir", &inner.dir)
+            .field("config", &inner.config)
+            .field("last_seq", &inner.last_seq)
+            .field("acknowledged", &inner.state.acknowledged)
+            .field("bytes", &inner.unacked_bytes)
+            .field("segments", &inner.segments.len())
+            .field("needs_resync", &inner.state.needs_resync)
+            .field("changelog", &inner.changelog)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: JournalConfig,
+    segments: VecDeque<Segment>,
+    /// Open handle on the last segment, for appending.
+    active: Option<File>,
+    /// The active segment has writes not yet fdatasync'ed.
+    active_dirty: bool,
+    /// Earlier segments with writes not yet fdatasync'ed.
+    unsynced: Vec<File>,
+    /// Segment files were created or deleted since the directory was fsync'ed.
+    dir_dirty: bool,
+    last_sync: Instant,
+    last_seq: Seq,
+    state: State,
+    changelog: ChangeLog,
+    unacked_bytes: u64,
+    /// Number of overflow discards so far (in this process).
+    discards: u64,
+    /// Number of change-log rotations so far (in this process).
+    rotations: u64,
+    /// `(discards, rotations)` when the current resync started.
+    resync: Option<(u64, u64)>,
+    failed: Option<String>,
+    buf: Vec<u8>,
+    _lock: File,
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> JournalError + 'a {
+    move |source| JournalError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A change to the segment files decided during recovery.
 #[derive(Debug)]
-pub struct Journal {}
+enum Repair {
+    Delete(PathBuf),
+    Truncate(PathBuf, u64),
+}
+
+fn warn(warnings: &mut Vec<String>, dir: &Path, msg: String) {
+    tracing::warn!(journal = %dir.display(), "{msg}");
+    warnings.push(msg);
+}
+
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io("open lock file", &path))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(JournalError::Locked { path });
+        }
+        return Err(JournalError::Io {
+            op: "lock journal directory",
+            path,
+            source: err,
+        });
+    }
+    Ok(f)
+}
 
 impl Journal {
+    /// Opens the journal in `dir`, creating it if needed, and recovers from
+    /// any crash: torn tails are cut off, mid-journal corruption drops the
+    /// rest of the journal and sets `needs_resync`, and an unclean shutdown
+    /// followed by a reboot sets `needs_resync` unless the previous session
+    /// used [`FsyncPolicy::Always`].
+    ///
+    /// `volume_sizes[v]` is the size in bytes of volume `v`; they must equal
+    /// those the journal was created with ([`JournalError::VolumeMismatch`]).
     pub fn open(
         dir: impl AsRef<Path>,
         config: JournalConfig,
         volume_sizes: &[u64],
     ) -> Result<(Journal, Recovery), JournalError> {
-        todo!()
+        let dir = dir.as_ref().to_path_buf();
+        if config.segment_bytes == 0 || config.max_bytes == 0 || config.region_bytes == 0 {
+            return Err(JournalError::Config {
+                reason: format!(
+                    "segment_bytes ({}), max_bytes ({}) and region_bytes ({}) must all be positive",
+                    config.segment_bytes, config.max_bytes, config.region_bytes
+                ),
+            });
+        }
+        fs::create_dir_all(&dir).map_err(io("create journal directory", &dir))?;
+        let lock = lock_dir(&dir)?;
+        let mut warnings = Vec::new();
+        let previous = state::read_state(&dir)?;
+        let changelog_path = dir.join(changelog::CHANGELOG_FILE);
+        if previous.is_some() && !changelog_path.exists() {
+            return Err(JournalError::CorruptChangeLog {
+                path: changelog_path,
+                reason: "the file is missing".into(),
+            });
+        }
+        // Created before the state file, so "state but no change log" is damage.
+        let changelog = ChangeLog::open(&dir, config.region_bytes, volume_sizes, 0)?;
+        let mut st = previous.clone().unwrap_or_default();
+        if st.needs_resync {
+            warn(
+                &mut warnings,
+                &dir,
+                "a resync of the dirty regions is still pending from the previous session".into(),
+            );
+        }
+
+        // List segments in seq order.
+        let mut listed = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io("list journal directory", &dir))? {
+            let entry = entry.map_err(io("list journal directory", &dir))?;
+            if let Some(first) = entry
+                .file_name()
+                .to_str()
+                .and_then(segment::parse_segment_name)
+            {
+                listed.push((first, entry.path()));
+            }
+        }
+        listed.sort();
+
+        // Decide every repair first and apply them only after the state
+        // file (with `needs_resync` and the seq floor) is durable, so a
+        // crash half-way through a repair cannot hide lost records.
+        let mut repairs: Vec<Repair> = Vec::new();
+        let mut segments: VecDeque<Segment> = VecDeque::new();
+        let mut dropped_bytes = 0u64;
+        let mut drop_rest = false;
+        let mut floor = st.seq_floor.max(st.acknowledged);
+        let n = listed.len();
+        for (i, (first, path)) in listed.into_iter().enumerate() {
+            let is_last = i + 1 == n;
+            if drop_rest {
+                let scan = segment::scan_segment(&path, first)?;
+                floor = floor.max(first).max(scan.segment.last_seq().unwrap_or(0));
+                dropped_bytes += scan.file_len;
+                repairs.push(Repair::Delete(path.clone()));
+                warn(
+                    &mut warnings,
+                    &dir,
+                    format!("deleted segment {} (records from {first}) because an earlier segment is corrupt", path.display()),
+                );
+                continue;
+            }
+            if let Some(prev) = segments.back() {
+                if prev.next_seq() != first {
+                    st.needs_resync = true;
+                    drop_rest = true;
+                    floor = floor.max(first);
+                    let scan = segment::scan_segment(&path, first)?;
+                    floor = floor.max(scan.segment.last_seq().unwrap_or(0));
+                    dropped_bytes += scan.file_len;
+                    repairs.push(Repair::Delete(path.clone()));
+                    warn(
+                        &mut warnings,
+                        &dir,
+                        format!(
+                            "records {} to {} are missing before segment {}: dropped it and everything after; the dirty regions need a resync",
+                            prev.next_seq(),
+                            first - 1,
+                            path.display()
+                        ),
+                    );
+                    continue;
+                }
+            }
+            let scan = segment::scan_segment(&path, first)?;
+            let mut seg = scan.segment;
+            if let Some(bad) = scan.bad {
+                let later = if is_last {
+                    segment::valid_record_after(&path, bad.offset, scan.file_len)?
+                } else {
+                    Some(0)
+                };
+                let cut = scan.file_len - bad.offset;
+                dropped_bytes += cut;
+                match later {
+                    None => warn(
+                        &mut warnings,
+                        &dir,
+                        format!(
+                            "dropped a torn or corrupt tail of {cut} bytes at byte {} of segment {} (record {}: {})",
+                            bad.offset,
+                            path.display(),
+                            bad.seq,
+                            bad.reason
+                        ),
+                    ),
+                    Some(max_seq) => {
+                        st.needs_resync = true;
+                        drop_rest = true;
+                        floor = floor.max(max_seq);
+                        warn(
+                            &mut warnings,
+                            &dir,
+                            format!(
+                                "corruption in the middle of the journal at byte {} of segment {} (record {}: {}): dropped it and everything after; the dirty regions need a resync",
+                                bad.offset,
+                                path.display(),
+                                bad.seq,
+                                bad.reason
+                            ),
+                        );
+                    }
+                }
+                if bad.offset < SEGMENT_HEADER_BYTES {
+                    repairs.push(Repair::Delete(path));
+                    continue;
+                }
+                repairs.push(Repair::Truncate(path, bad.offset));
+                seg.len = bad.offset;
+            }
+            segments.push_back(seg);
+        }
+
+        // Delete leftovers of an interrupted acknowledge (and empty
+        // segments that are not the last one).
+        while let Some(front) = segments.front() {
+            let done = match front.last_seq() {
+                Some(l) => l <= st.acknowledged,
+                None => segments.len() > 1,
+            };
+            if !done {
+                break;
+            }
+            repairs.push(Repair::Delete(front.path.clone()));
+            segments.pop_front();
+        }
+
+        let mut last_seq = floor;
+        if let Some(seg) = segments.back() {
+            last_seq = last_seq.max(seg.next_seq() - 1);
+        }
+
+        let clean_shutdown = previous.as_ref().map_or(true, |p| p.clean_shutdown);
+        let boot_id = state::boot_id();
+        if let Some(p) = &previous {
+            if !p.clean_shutdown
+                && !p.fsync_always
+                && (p.boot_id.is_empty() || boot_id.is_empty() || p.boot_id != boot_id)
+            {
+                st.needs_resync = true;
+                warn(
+                    &mut warnings,
+                    &dir,
+                    "the previous session did not close the journal, did not fsync every record, and the machine has rebooted since: records may have been lost while their disk writes survived; the dirty regions need a resync".into(),
+                );
+            }
+        }
+        st.seq_floor = last_seq;
+        st.clean_shutdown = false;
+        st.fsync_always = config.fsync == FsyncPolicy::Always;
+        st.boot_id = boot_id;
+        state::write_state(&dir, &st)?;
+        for repair in &repairs {
+            match repair {
+                Repair::Delete(path) => match fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("delete segment", path)(e))
+                    }
+                    _ => {}
+                },
+                Repair::Truncate(path, len) => segment::truncate(path, *len)?,
+            }
+        }
+        state::fsync_dir(&dir)?;
+
+        let active = match segments.back() {
+            Some(seg) => Some(
+                OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .map_err(io("open segment for appending", &seg.path))?,
+            ),
+            None => None,
+        };
+        let records = segments.iter().map(|s| s.offsets.len() as u64).sum();
+        let mut inner = Inner {
+            dir,
+            config,
+            segments,
+            active,
+            active_dirty: false,
+            unsynced: Vec::new(),
+            dir_dirty: false,
+            last_sync: Instant::now(),
+            last_seq,
+            state: st,
+            changelog,
+            unacked_bytes: 0,
+            discards: 0,
+            rotations: 0,
+            resync: None,
+            failed: None,
+            buf: Vec::new(),
+            _lock: lock,
+        };
+        inner.recount();
+        let recovery = Recovery {
+            records,
+            dropped_tail_bytes: dropped_bytes,
+            clean_shutdown,
+            needs_resync: inner.state.needs_resync,
+            warnings,
+        };
+        Ok((
+            Journal {
+                inner: Mutex::new(inner),
+            },
+            recovery,
+        ))
     }
-    pub fn append(&self, volume: VolumeId, offset: u64, data: &[u8]) -> Result<Appended, JournalError> {
-        todo!()
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the journal consistent on
+        // disk (every step is ordered for crash safety), so keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
-    pub fn append_zero(&self, volume: VolumeId, offset: u64, len: u64) -> Result<Appended, JournalError> {
-        todo!()
+
+    /// Journals a write of `data` at `offset` on `volume`: marks its regions
+    /// in the change log (durably, if any is new), then appends the record
+    /// (fdatasync'ed before returning under [`FsyncPolicy::Always`]).
+    /// Write to the disk only after this returns.
+    pub fn append(
+        &self,
+        volume: VolumeId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Appended, JournalError> {
+        if data.len() > MAX_DATA_BYTES {
+            return Err(JournalError::TooLarge {
+                len: data.len() as u64,
+                max: MAX_DATA_BYTES as u64,
+            });
+        }
+        self.lock().append(volume, offset, PayloadRef::Data(data))
     }
+
+    /// Journals zeroing `len` bytes at `offset` on `volume` (as [`Journal::append`]).
+    pub fn append_zero(
+        &self,
+        volume: VolumeId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Appended, JournalError> {
+        self.lock().append(volume, offset, PayloadRef::Zero(len))
+    }
+
+    /// Forces every appended record to stable storage.
     pub fn sync(&self) -> Result<(), JournalError> {
-        todo!()
+        self.lock().sync()
     }
+
+    /// Up to `max_bytes` of payload from the records with seq > `after`, in
+    /// order; at least one record if any exists, and at most
+    /// [`MAX_RECORDS_PER_READ`]. Empty if `after >= last_seq()`.
+    ///
+    /// Payload bytes are the data of [`Payload::Data`] records; zero
+    /// records count as none. Fails with [`JournalError::Gap`] if record
+    /// `after + 1` was discarded (by an overflow, or acknowledged and deleted).
     pub fn read_after(&self, after: Seq, max_bytes: usize) -> Result<Vec<Record>, JournalError> {
-        todo!()
+        // Plan under the lock: open the segment files (so a concurrent
+        // acknowledge may delete them without harm) and note how far each
+        // was written; then read without the lock.
+        let mut plan: Vec<(PathBuf, File, u64, u64, Seq)> = Vec::new();
+        {
+            let inner = self.lock();
+            if after >= inner.last_seq {
+                return Ok(Vec::new());
+            }
+            let wanted = after + 1;
+            // The first record at or after `wanted` must be `wanted` itself.
+            let next = inner
+                .segments
+                .iter()
+                .filter(|s| s.last_seq().is_some_and(|l| l >= wanted))
+                .map(|s| s.first_seq.max(wanted))
+                .next()
+                .unwrap_or(inner.last_seq + 1);
+            if next != wanted {
+                return Err(JournalError::Gap {
+                    wanted,
+                    first: next,
+                });
+            }
+            for seg in &inner.segments {
+                let Some(last) = seg.last_seq() else { continue };
+                if last < wanted {
+                    continue;
+                }
+                let (start, seq) = if seg.first_seq >= wanted {
+                    (seg.offsets[0], seg.first_seq)
+                } else {
+                    (seg.offsets[(wanted - seg.first_seq) as usize], wanted)
+                };
+                let file =
+                    File::open(&seg.path).map_err(io("open segment for reading", &seg.path))?;
+                plan.push((seg.path.clone(), file, start, seg.len, seq));
+            }
+        }
+        let mut out = Vec::new();
+        let mut payload = 0usize;
+        let mut buf = Vec::new();
+        for (path, mut file, start, end, mut seq) in plan {
+            file.seek(SeekFrom::Start(start))
+                .map_err(io("seek segment", &path))?;
+            let mut r = BufReader::with_capacity(256 << 10, file);
+            let mut pos = start;
+            while pos < end {
+                let corrupt = |source| JournalError::Corrupt {
+                    path: path.clone(),
+                    offset: pos,
+                    seq,
+                    source,
+                };
+                let rec = match segment::read_next(&mut r, &mut buf).map_err(io("read segment", &path))? {
+                    Next::Record(rec, len) if rec.seq == seq => {
+                        pos += len;
+                        rec
+                    }
+                    Next::Record(rec, _) => {
+                        return Err(JournalError::Failed {
+                            path: path.clone(),
+                            reason: format!(
+                                "record at byte {pos} has seq {} where {seq} was expected",
+                                rec.seq
+                            ),
+                        })
+                    }
+                    Next::Corrupt(e) => return Err(corrupt(e)),
+                    Next::End | Next::Short(_) => {
+                        return Err(JournalError::Failed {
+                            path: path.clone(),
+                            reason: format!("segment ends at byte {pos} inside record {seq}, before its known end {end}"),
+                        })
+                    }
+                };
+                let cost = match &rec.payload {
+                    Payload::Data(d) => d.len(),
+                    Payload::Zero(_) => 0,
+                };
+                if !out.is_empty()
+                    && (payload.saturating_add(cost) > max_bytes
+                        || out.len() >= MAX_RECORDS_PER_READ)
+                {
+                    return Ok(out);
+                }
+                payload += cost;
+                out.push(rec);
+                seq += 1;
+                if payload >= max_bytes {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
     }
+
+    /// Records that the replica has durably applied every record with seq
+    /// ≤ `upto`: persists it, deletes segments holding only such records,
+    /// and rotates the change log when `upto` reaches its boundary (unless a
+    /// resync is pending). Acknowledging less than before is a no-op.
     pub fn acknowledge(&self, upto: Seq) -> Result<(), JournalError> {
-        todo!()
+        self.lock().acknowledge(upto, false)
     }
+
+    /// The highest seq acknowledged so far.
     pub fn acknowledged(&self) -> Seq {
-        todo!()
+        self.lock().state.acknowledged
     }
+
+    /// The highest seq handed out so far (0 if none).
     pub fn last_seq(&self) -> Seq {
-        todo!()
+        self.lock().last_seq
     }
+
+    /// Bytes of unacknowledged records on disk (bounded by [`JournalConfig::max_bytes`]).
     pub fn bytes(&self) -> u64 {
-        todo!()
+        self.lock().unacked_bytes
     }
+
+    /// True if records were lost (overflow, corruption, or a crash without
+    /// fsync) and the dirty regions must be resynchronised.
     pub fn needs_resync(&self) -> bool {
-        todo!()
+        self.lock().state.needs_resync
     }
+
+    /// Merged byte ranges of `volume` that the change log marks dirty,
+    /// clipped to the volume's size. Empty for an unknown volume.
     pub fn dirty_ranges(&self, volume: VolumeId) -> Vec<Range<u64>> {
-        todo!()
+        self.lock().changelog.dirty_ranges(volume)
     }
+
+    /// Starts a resync of the dirty regions: returns the base seq. The
+    /// caller then reads the current data of every range in
+    /// [`Journal::dirty_ranges`], sends it, replays records after the base
+    /// ([`Journal::read_after`]), and calls [`Journal::resync_completed`].
     pub fn resync_started(&self) -> Result<Seq, JournalError> {
-        todo!()
+        let mut inner = self.lock();
+        inner.resync = Some((inner.discards, inner.rotations));
+        Ok(inner.last_seq)
     }
+
+    /// Ends a resync started at `base`: acknowledges through `base`, clears
+    /// `needs_resync` (unless records were discarded again meanwhile), and
+    /// rotates the change log (A := B) when no rotation happened since the
+    /// resync started; marks made after it started stay covered.
     pub fn resync_completed(&self, base: Seq) -> Result<(), JournalError> {
-        todo!()
+        self.lock().acknowledge(base, true)
     }
+
+    /// Syncs everything and records a clean shutdown.
     pub fn close(self) -> Result<(), JournalError> {
-        todo!()
+        let mut inner = self.lock();
+        inner.sync()?;
+        inner.state.clean_shutdown = true;
+        inner.persist_state()
     }
 }
+
+impl Inner {
+    fn recount(&mut self) {
+        let acked = self.state.acknowledged;
+        self.unacked_bytes = self.segments.iter().map(|s| s.bytes_after(acked)).sum();
+    }
+
+    fn check_failed(&self) -> Result<(), JournalError> {
+        match &self.failed {
+            Some(reason) => Err(JournalError::Failed {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn persist_state(&mut self) -> Result<(), JournalError> {
+        self.state.seq_floor = self.last_seq;
+        state::write_state(&self.dir, &self.state)
+    }
+
+    fn append(
+        &mut self,
+        volume: VolumeId,
+        offset: u64,
+        payload: PayloadRef<'_>,
+    ) -> Result<Appended, JournalError> {
+        self.check_failed()?;
+        let len = payload.len();
+        self.changelog.check_range(volume, offset, len)?;
+        // The change log first: it must cover the write whatever happens next.
+        self.changelog.mark(volume, offset, len)?;
+        let seq = self.last_seq + 1;
+        let rec_len = payload.encoded_len() as u64;
+        if self.unacked_bytes + rec_len > self.config.max_bytes {
+            self.overflow(rec_len)?;
+            return Ok(Appended::Overflowed);
+        }
+        self.ensure_segment(seq, rec_len)?;
+        self.buf.clear();
+        record::encode_parts(seq, volume, offset, payload, &mut self.buf);
+        let (Some(seg), Some(file)) = (self.segments.back(), self.active.as_mut()) else {
+            return Err(JournalError::Failed {
+                path: self.dir.clone(),
+                reason: "no active segment after creating one".into(),
+            });
+        };
+        let (path, start) = (seg.path.clone(), seg.len);
+        let mut res = file
+            .write_all(&self.buf)
+            .map_err(io("append record", &path));
+        self.active_dirty = true;
+        if res.is_ok() {
+            let due = match self.config.fsync {
+                FsyncPolicy::Always => true,
+                FsyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
+                FsyncPolicy::Never => false,
+            };
+            if due {
+                // Before the record is indexed: readers must never ship a
+                // record that is not yet as durable as the policy promises.
+                res = self.sync();
+            }
+        }
+        if let Err(e) = res {
+            // Cut off whatever part of the record reached the file.
+            let cut = match &self.active {
+                Some(f) => f.set_len(start),
+                None => Ok(()),
+            };
+            if let Err(cut_err) = cut {
+                self.failed = Some(format!(
+                    "a failed append of record {seq} could not be cut off {}: {cut_err}",
+                    path.display()
+                ));
+            }
+            return Err(e);
+        }
+        if let Some(seg) = self.segments.back_mut() {
+            seg.offsets.push(start);
+            seg.len = start + rec_len;
+        }
+        self.last_seq = seq;
+        self.unacked_bytes += rec_len;
+        Ok(Appended::Logged(seq))
+    }
+
+    /// Makes sure the last segment can take record `seq` of `rec_len` bytes.
+    fn ensure_segment(&mut self, seq: Seq, rec_len: u64) -> Result<(), JournalError> {
+        if let (Some(seg), Some(_)) = (self.segments.back(), self.active.as_ref()) {
+            let fits = seg.offsets.is_empty() || seg.len + rec_len <= self.config.segment_bytes;
+            if seg.next_seq() == seq && fits {
+                return Ok(());
+            }
+            if seg.offsets.is_empty() {
+                // A stale empty segment (its seq was skipped): remove it.
+                let path = seg.path.clone();
+                fs::remove_file(&path).map_err(io("delete empty segment", &path))?;
+                self.segments.pop_back();
+                self.active = None;
+                self.dir_dirty = true;
+            }
+        }
+        if let Some(old) = self.active.take() {
+            if self.active_dirty {
+                self.unsynced.push(old);
+            }
+            self.active_dirty = false;
+        }
+        let path = self.dir.join(segment::segment_name(seq));
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io("create segment", &path))?;
+        file.write_all(&segment::segment_header(seq))
+            .map_err(io("write segment header", &path))?;
+        self.dir_dirty = true;
+        self.active_dirty = true;
+        self.active = Some(file);
+        self.segments.push_back(Segment {
+            first_seq: seq,
+            path,
+            offsets: Vec::new(),
+            len: SEGMENT_HEADER_BYTES,
+        });
+        Ok(())
+    }
+
+    /// Syncs everything pending; after a failure the journal refuses
+    /// further appends (the page cache state is unknown after a failed fsync).
+    fn sync(&mut self) -> Result<(), JournalError> {
+        let res = self.sync_inner();
+        if let Err(e) = &res {
+            self.failed = Some(e.to_string());
+        }
+        res
+    }
+
+    fn sync_inner(&mut self) -> Result<(), JournalError> {
+        for f in self.unsynced.drain(..) {
+            f.sync_data().map_err(io("fdatasync segment", &self.dir))?;
+        }
+        if self.active_dirty {
+            if let (Some(f), Some(seg)) = (&self.active, self.segments.back()) {
+                f.sync_data().map_err(io("fdatasync segment", &seg.path))?;
+            }
+            self.active_dirty = false;
+        }
+        if self.dir_dirty {
+            state::fsync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Discards every unacknowledged record because `rec_len` more bytes
+    /// would exceed the bound; the change log already covers the write.
+    fn overflow(&mut self, rec_len: u64) -> Result<(), JournalError> {
+        let msg = format!(
+            "journal {}: {} unacknowledged bytes plus a {rec_len}-byte record exceed max_bytes = {}; discarding records {}..={} and falling back to the change log (needs_resync set)",
+            self.dir.display(),
+            self.unacked_bytes,
+            self.config.max_bytes,
+            self.state.acknowledged + 1,
+            self.last_seq
+        );
+        tracing::warn!(max_bytes = self.config.max_bytes, "{msg}");
+        self.state.needs_resync = true;
+        self.persist_state()?;
+        self.active = None;
+        self.active_dirty = false;
+        self.unsynced.clear();
+        while let Some(seg) = self.segments.pop_front() {
+            if let Err(source) = fs::remove_file(&seg.path) {
+                if source.kind() != std::io::ErrorKind::NotFound {
+                    self.failed = Some(format!(
+                        "an overflow could not delete segment {}: {source}",
+                        seg.path.display()
+                    ));
+                    let path = seg.path.clone();
+                    self.segments.push_front(seg);
+                    self.recount();
+                    return Err(JournalError::Io {
+                        op: "delete segment on overflow",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        self.dir_dirty = true;
+        self.unacked_bytes = 0;
+        self.discards += 1;
+        Ok(())
+    }
+
+    fn acknowledge(&mut self, upto: Seq, resync: bool) -> Result<(), JournalError> {
+        if upto > self.last_seq {
+            return Err(JournalError::AckBeyondEnd {
+                upto,
+                last: self.last_seq,
+            });
+        }
+        let mut changed = upto > self.state.acknowledged;
+        self.state.acknowledged = self.state.acknowledged.max(upto);
+        let rotate = if resync {
+            let (discards, rotations) = self
+                .resync
+                .take()
+                .unwrap_or((self.discards, self.rotations));
+            if discards == self.discards && self.state.needs_resync {
+                self.state.needs_resync = false;
+                changed = true;
+            }
+            rotations == self.rotations
+        } else {
+            upto >= self.changelog.boundary() && !self.state.needs_resync
+        };
+        if changed {
+            self.persist_state()?;
+        }
+        // Delete segments that hold only acknowledged records (the next
+        // append starts a new segment if the active one goes).
+        let acked = self.state.acknowledged;
+        while let Some(front) = self.segments.front() {
+            let done = match front.last_seq() {
+                Some(l) => l <= acked,
+                None => self.segments.len() > 1,
+            };
+            if !done {
+                break;
+            }
+            let path = front.path.clone();
+            if self.segments.len() == 1 {
+                self.active = None;
+                self.active_dirty = false;
+            }
+            fs::remove_file(&path).map_err(io("delete acknowledged segment", &path))?;
+            self.segments.pop_front();
+            self.dir_dirty = true;
+        }
+        self.recount();
+        if rotate {
+            self.changelog.rotate(self.last_seq)?;
+            self.rotations += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,658 @@
+//! Unit tests of the journal as a whole.
+
+use super::*;
+use proptest::prelude::*;
+
+const VOL: u64 = 1 << 20;
+
+fn cfg() -> JournalConfig {
+    JournalConfig {
+        segment_bytes: 1024,
+        max_bytes: 1 << 20,
+        fsync: FsyncPolicy::Always,
+        region_bytes: 4096,
+    }
+}
+
+fn data(seq_hint: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (seq_hint as usize * 31 + i) as u8)
+        .collect()
+}
+
+fn open(dir: &Path, config: JournalConfig) -> (Journal, Recovery) {
+    Journal::open(dir, config, &[VOL, VOL / 2]).unwrap()
+}
+
+fn seg_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn logged(a: Appended) -> Seq {
+    match a {
+        Appended::Logged(s) => s,
+        Appended::Overflowed => panic!("unexpected overflow"),
+    }
+}
+
+#[test]
+fn round_trip_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, rec) = open(dir.path(), cfg());
+    assert!(rec.clean_shutdown && !rec.needs_resync && rec.warnings.is_empty());
+    assert_eq!(j.last_seq(), 0);
+    assert_eq!(j.read_after(0, 100).unwrap(), vec![]);
+    assert_eq!(logged(j.append(0, 0, &data(1, 100)).unwrap()), 1);
+    assert_eq!(logged(j.append_zero(1, 4096, 8192).unwrap()), 2);
+    assert_eq!(logged(j.append(1, 100, &[]).unwrap()), 3);
+    let all = j.read_after(0, usize::MAX).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].payload, Payload::Data(data(1, 100)));
+    assert_eq!(all[1].payload, Payload::Zero(8192));
+    assert_eq!((all[1].volume, all[1].offset), (1, 4096));
+    assert!(all[2].is_empty());
+    assert_eq!(j.read_after(1, usize::MAX).unwrap(), all[1..].to_vec());
+    assert_eq!(j.read_after(3, usize::MAX).unwrap(), vec![]);
+    j.close().unwrap();
+    let (j, rec) = open(dir.path(), cfg());
+    assert!(rec.clean_shutdown && rec.warnings.is_empty(), "{rec:?}");
+    assert_eq!(rec.records, 3);
+    assert_eq!(j.read_after(0, usize::MAX).unwrap(), all);
+    assert_eq!(logged(j.append(0, 8, b"x").unwrap()), 4);
+    drop(j); // unclean, but Always: no resync
+    let (j, rec) = open(dir.path(), cfg());
+    assert!(!rec.clean_shutdown && !rec.needs_resync);
+    assert_eq!(j.last_seq(), 4);
+}
+
+#[test]
+fn bad_writes_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), cfg());
+    assert!(matches!(
+        j.append(2, 0, b"x"),
+        Err(JournalError::UnknownVolume { volume: 2, .. })
+    ));
+    assert!(matches!(
+        j.append(1, VOL / 2 - 1, b"xy"),
+        Err(JournalError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        j.append_zero(0, 1, u64::MAX),
+        Err(JournalError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        j.acknowledge(1),
+        Err(JournalError::AckBeyondEnd { upto: 1, last: 0 })
+    ));
+    assert!(matches!(
+        j.append(0, 0, &vec![0; MAX_DATA_BYTES + 1]),
+        Err(JournalError::TooLarge { .. })
+    ));
+    assert_eq!(j.last_seq(), 0);
+    assert!(matches!(
+        Journal::open(dir.path(), cfg(), &[VOL, VOL / 2]),
+        Err(JournalError::Locked { .. })
+    ));
+    assert!(format!("{j:?}").contains("last_seq"));
+}
+
+#[test]
+fn steady_state_writes_do_not_touch_the_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), cfg());
+    for i in 0..100u64 {
+        j.append(0, (i * 40) % 4000, b"same region").unwrap();
+    }
+    assert_eq!(j.lock().changelog.writes, 1);
+    j.append(0, 4096, b"next region").unwrap();
+    j.append_zero(0, 0, 3 * 4096).unwrap(); // only region 2 is new
+    assert_eq!(j.lock().changelog.writes, 3);
+    assert_eq!(j.dirty_ranges(0), vec![0..3 * 4096]);
+}
+
+#[test]
+fn volume_mismatch_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path(), cfg()).0.close().unwrap();
+    let e = Journal::open(dir.path(), cfg(), &[VOL]).unwrap_err();
+    assert!(matches!(e, JournalError::VolumeMismatch { .. }), "{e}");
+    let e = Journal::open(dir.path(), cfg(), &[VOL, VOL]).unwrap_err();
+    assert!(e.to_string().contains("sizes"), "{e}");
+}
+
+#[test]
+fn segments_rotate_and_are_deleted_on_acknowledge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), cfg());
+    for i in 0..40u64 {
+        logged(j.append(0, i * 100, &data(i, 100)).unwrap());
+    }
+    let segs = seg_files(dir.path());
+    assert!(segs.len() >= 5, "{segs:?}");
+    for s in &segs {
+        // One record of 144 bytes past 1024 at most... never past segment_bytes.
+        assert!(fs::metadata(s).unwrap().len() <= 1024);
+    }
+    let total = j.bytes();
+    assert_eq!(total, 40 * (100 + record::RECORD_HEADER_BYTES as u64));
+    j.acknowledge(20).unwrap();
+    assert_eq!(j.acknowledged(), 20);
+    assert_eq!(j.bytes(), 20 * 144);
+    let left = seg_files(dir.path());
+    assert!(left.len() < segs.len());
+    // Partially acknowledged records can still be read; deleted ones give a Gap.
+    let first_kept =
+        segment::parse_segment_name(left[0].file_name().unwrap().to_str().unwrap()).unwrap();
+    assert!(first_kept <= 21);
+    let r = j.read_after(20, usize::MAX).unwrap();
+    assert_eq!(r.first().unwrap().seq, 21);
+    assert_eq!(r.len(), 20);
+    if first_kept > 1 {
+        assert!(matches!(
+            j.read_after(0, 10),
+            Err(JournalError::Gap { wanted: 1, first }) if first == first_kept
+        ));
+    }
+    j.acknowledge(10).unwrap(); // going back is a no-op
+    assert_eq!(j.acknowledged(), 20);
+    j.acknowledge(40).unwrap();
+    assert_eq!(j.bytes(), 0);
+    assert!(seg_files(dir.path()).is_empty());
+    assert!(matches!(
+        j.read_after(5, 10),
+        Err(JournalError::Gap {
+            wanted: 6,
+            first: 41
+        })
+    ));
+    assert_eq!(j.read_after(40, 10).unwrap(), vec![]);
+    j.close().unwrap();
+    // Seqs stay monotonic although every segment is gone.
+    let (j, rec) = open(dir.path(), cfg());
+    assert_eq!(rec.records, 0);
+    assert_eq!(j.last_seq(), 40);
+    assert_eq!(j.acknowledged(), 40);
+    assert_eq!(logged(j.append(0, 0, b"z").unwrap()), 41);
+}
+
+#[test]
+fn read_after_is_bounded_by_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), cfg());
+    for i in 0..10u64 {
+        j.append(0, 0, &data(i, 100)).unwrap();
+    }
+    j.append_zero(0, 0, 1 << 19).unwrap();
+    j.append(0, 0, &data(12, 100)).unwrap();
+    assert_eq!(j.read_after(0, 500).unwrap().len(), 5);
+    assert_eq!(j.read_after(0, 450).unwrap().len(), 4);
+    assert_eq!(j.read_after(0, 1).unwrap().len(), 1); // at least one
+    assert_eq!(j.read_after(0, 0).unwrap().len(), 1);
+    let r = j.read_after(3, 300).unwrap();
+    assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5, 6]);
+    // A zero record carries no payload.
+    let r = j.read_after(10, 100).unwrap();
+    assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![11, 12]);
+}
+
+#[test]
+fn overflow_sets_needs_resync_and_change_log_covers_dropped_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        max_bytes: 2000,
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config.clone());
+    let mut writes: Vec<(u64, u64)> = Vec::new();
+    let mut overflowed = 0;
+    for i in 0..50u64 {
+        let off = (i * 7919 * 97) % (VOL - 300);
+        writes.push((off, 300));
+        match j.append(0, off, &data(i, 300)).unwrap() {
+            Appended::Logged(_) => {}
+            Appended::Overflowed => overflowed += 1,
+        }
+        assert!(j.bytes() <= 2000, "bytes {} > bound", j.bytes());
+    }
+    assert!(overflowed > 0);
+    assert!(j.needs_resync());
+    assert!(matches!(
+        j.read_after(0, 100),
+        Err(JournalError::Gap { .. })
+    ));
+    let dirty = j.dirty_ranges(0);
+    for (off, len) in &writes {
+        assert!(
+            dirty.iter().any(|r| r.start <= *off && off + len <= r.end),
+            "write {off}+{len} not covered by {dirty:?}"
+        );
+    }
+    // Acknowledging does not rotate the change log while a resync is pending.
+    j.acknowledge(j.last_seq()).unwrap();
+    assert_eq!(j.dirty_ranges(0), dirty);
+    // needs_resync survives a restart.
+    j.close().unwrap();
+    let (j, rec) = open(dir.path(), config);
+    assert!(rec.needs_resync && j.needs_resync());
+    assert_eq!(j.dirty_ranges(0), dirty);
+    let base = j.resync_started().unwrap();
+    let s = logged(j.append(0, 0, b"during resync").unwrap());
+    assert_eq!(s, base + 1);
+    j.resync_completed(base).unwrap();
+    assert!(!j.needs_resync());
+    assert_eq!(j.acknowledged(), base);
+    // The write made during the resync is still covered and still readable.
+    assert!(j.dirty_ranges(0).iter().any(|r| r.start == 0));
+    assert_eq!(j.read_after(base, 100).unwrap()[0].seq, s);
+    j.acknowledge(s).unwrap(); // reaches the boundary: rotates, B was empty
+    j.acknowledge(s).unwrap(); // A := B (empty) again
+    assert_eq!(j.dirty_ranges(0), vec![]);
+}
+
+#[test]
+fn overflow_during_resync_keeps_needs_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        max_bytes: 1000,
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config);
+    while j.append(0, 0, &[1; 400]).unwrap() != Appended::Overflowed {}
+    let base = j.resync_started().unwrap();
+    while j.append(0, 8192, &[1; 400]).unwrap() != Appended::Overflowed {}
+    j.resync_completed(base).unwrap();
+    assert!(j.needs_resync());
+    assert!(j
+        .dirty_ranges(0)
+        .iter()
+        .any(|r| r.start <= 8192 && r.end > 8192));
+}
+
+#[test]
+fn resync_after_rotation_does_not_drop_unacknowledged_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), cfg());
+    let s1 = logged(j.append(0, 0, b"a").unwrap());
+    let base = j.resync_started().unwrap();
+    let s2 = logged(j.append(0, 65536, b"b").unwrap());
+    j.acknowledge(s1).unwrap(); // boundary 0 reached: rotates
+    j.resync_completed(base).unwrap(); // must not rotate again
+    assert!(j.acknowledged() < s2);
+    assert!(j.dirty_ranges(0).iter().any(|r| r.contains(&65536)));
+}
+
+#[test]
+fn torn_tail_at_every_offset_drops_only_the_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes: 1 << 20,
+        ..cfg()
+    };
+    {
+        let (j, _) = open(dir.path(), config.clone());
+        for i in 0..3u64 {
+            j.append(0, i * 10, &data(i, 50)).unwrap();
+        }
+        drop(j);
+    }
+    let seg = seg_files(dir.path()).pop().unwrap();
+    let full = fs::read(&seg).unwrap();
+    let last_start = full.len() - (50 + record::RECORD_HEADER_BYTES);
+    let backup = tempfile::tempdir().unwrap();
+    for f in ["state", "changelog"] {
+        fs::copy(dir.path().join(f), backup.path().join(f)).unwrap();
+    }
+    for cut in last_start..full.len() {
+        fs::write(&seg, &full[..cut]).unwrap();
+        for f in ["state", "changelog"] {
+            fs::copy(backup.path().join(f), dir.path().join(f)).unwrap();
+        }
+        let (j, rec) = open(dir.path(), config.clone());
+        assert_eq!(rec.records, 2, "cut at {cut}");
+        if cut > last_start {
+            assert_eq!(rec.dropped_tail_bytes, (cut - last_start) as u64);
+            assert_eq!(rec.warnings.len(), 1, "cut at {cut}: {:?}", rec.warnings);
+        }
+        assert!(!rec.needs_resync, "cut at {cut}");
+        let r = j.read_after(0, usize::MAX).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].payload, Payload::Data(data(1, 50)));
+        assert_eq!(fs::metadata(&seg).unwrap().len(), last_start as u64);
+        drop(j);
+    }
+}
+
+#[test]
+fn flipped_byte_in_the_last_record_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes: 1 << 20,
+        ..cfg()
+    };
+    {
+        let (j, _) = open(dir.path(), config.clone());
+        for i in 0..3u64 {
+            j.append(0, i * 10, &data(i, 20)).unwrap();
+        }
+        j.close().unwrap();
+    }
+    let seg = seg_files(dir.path()).pop().unwrap();
+    let full = fs::read(&seg).unwrap();
+    let last_start = full.len() - (20 + record::RECORD_HEADER_BYTES);
+    for at in last_start..full.len() {
+        let mut bad = full.clone();
+        bad[at] ^= 0x40;
+        fs::write(&seg, &bad).unwrap();
+        let (j, rec) = open(dir.path(), config.clone());
+        let r = j.read_after(0, usize::MAX).unwrap();
+        assert_eq!(r.len(), 2, "flip at {at}");
+        assert_eq!(r[0].payload, Payload::Data(data(0, 20)));
+        assert!(!rec.warnings.is_empty(), "flip at {at}");
+        assert!(!rec.needs_resync, "flip at {at}: {:?}", rec.warnings);
+        j.close().unwrap();
+        assert_eq!(
+            logged(
+                open(dir.path(), config.clone())
+                    .0
+                    .append(0, 0, b"")
+                    .unwrap()
+            ),
+            4
+        );
+        // Restore the three-record journal for the next round.
+        fs::write(&seg, &full).unwrap();
+        let st = state::State {
+            acknowledged: 0,
+            seq_floor: 3,
+            needs_resync: false,
+            clean_shutdown: true,
+            fsync_always: true,
+            boot_id: state::boot_id(),
+        };
+        state::write_state(dir.path(), &st).unwrap();
+        for p in seg_files(dir.path()) {
+            if p != seg {
+                fs::remove_file(p).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn truncated_segment_header_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes: 200,
+        ..cfg()
+    };
+    {
+        let (j, _) = open(dir.path(), config.clone());
+        for i in 0..4u64 {
+            j.append(0, 0, &data(i, 100)).unwrap();
+        }
+    }
+    let segs = seg_files(dir.path());
+    assert_eq!(segs.len(), 4);
+    let last = segs.last().unwrap();
+    let f = OpenOptions::new().write(true).open(last).unwrap();
+    f.set_len(10).unwrap();
+    drop(f);
+    let (j, rec) = open(dir.path(), config);
+    assert!(!rec.needs_resync);
+    assert_eq!(rec.records, 3);
+    assert_eq!(rec.warnings.len(), 1, "{:?}", rec.warnings);
+    assert!(!last.exists());
+    assert_eq!(j.read_after(0, usize::MAX).unwrap().len(), 3);
+    // A dropped tail's seq is handed out again: in a real crash its append
+    // never returned (or, without `Always`, a reboot forces a resync anyway).
+    assert_eq!(logged(j.append(0, 0, b"next").unwrap()), 4);
+}
+
+#[test]
+fn corruption_mid_journal_sets_needs_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes: 400,
+        ..cfg()
+    };
+    {
+        let (j, _) = open(dir.path(), config.clone());
+        for i in 0..10u64 {
+            j.append(0, i * 4096, &data(i, 100)).unwrap();
+        }
+        j.close().unwrap();
+    }
+    let segs = seg_files(dir.path());
+    assert!(segs.len() >= 3);
+    // Damage a record of the second segment.
+    let mut b = fs::read(&segs[1]).unwrap();
+    b[SEGMENT_HEADER_BYTES as usize + 60] ^= 1;
+    fs::write(&segs[1], &b).unwrap();
+    let (j, rec) = open(dir.path(), config.clone());
+    assert!(rec.needs_resync && j.needs_resync());
+    assert!(!rec.warnings.is_empty());
+    let kept = j.read_after(0, usize::MAX).unwrap();
+    assert!(kept.len() < 10);
+    assert_eq!(j.last_seq(), 10, "seqs must not be reused");
+    assert!(matches!(
+        j.read_after(kept.len() as u64, 10),
+        Err(JournalError::Gap { .. })
+    ));
+    let dirty = j.dirty_ranges(0);
+    for i in 0..10u64 {
+        assert!(dirty.iter().any(|r| r.contains(&(i * 4096))));
+    }
+    assert_eq!(logged(j.append(0, 0, b"after").unwrap()), 11);
+    drop(j);
+    // Also: a corrupt record in the last segment followed by a good one.
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes: 1 << 20,
+        ..cfg()
+    };
+    {
+        let (j, _) = open(dir.path(), config.clone());
+        for i in 0..3u64 {
+            j.append(0, 0, &data(i, 10)).unwrap();
+        }
+    }
+    let seg = seg_files(dir.path()).pop().unwrap();
+    let mut b = fs::read(&seg).unwrap();
+    b[SEGMENT_HEADER_BYTES as usize + 60] ^= 1; // inside record 2
+    fs::write(&seg, &b).unwrap();
+    let (j, rec) = open(dir.path(), config);
+    assert!(rec.needs_resync);
+    assert_eq!(j.last_seq(), 3);
+    assert_eq!(j.read_after(0, usize::MAX).unwrap().len(), 1);
+}
+
+#[test]
+fn missing_segment_sets_needs_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes: 200,
+        ..cfg()
+    };
+    {
+        let (j, _) = open(dir.path(), config.clone());
+        for i in 0..4u64 {
+            j.append(0, 0, &data(i, 100)).unwrap();
+        }
+    }
+    let segs = seg_files(dir.path());
+    fs::remove_file(&segs[1]).unwrap();
+    let (j, rec) = open(dir.path(), config);
+    assert!(rec.needs_resync);
+    assert_eq!(j.read_after(0, usize::MAX).unwrap().len(), 1);
+    assert_eq!(j.last_seq(), 4);
+}
+
+#[test]
+fn unclean_shutdown_after_reboot_without_always_needs_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = JournalConfig {
+        fsync: FsyncPolicy::Never,
+        ..cfg()
+    };
+    {
+        let (j, _) = open(dir.path(), never.clone());
+        j.append(0, 0, b"x").unwrap();
+    }
+    // Same boot: nothing was lost from the page cache.
+    let (j, rec) = open(dir.path(), never.clone());
+    assert!(!rec.clean_shutdown && !rec.needs_resync);
+    drop(j);
+    // Pretend the machine rebooted.
+    let mut st = state::read_state(dir.path()).unwrap().unwrap();
+    st.boot_id = b"another-boot".to_vec();
+    state::write_state(dir.path(), &st).unwrap();
+    let (j, rec) = open(dir.path(), never.clone());
+    assert!(rec.needs_resync && j.needs_resync(), "{rec:?}");
+    j.close().unwrap();
+    // With Always, a reboot is harmless.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), cfg()));
+    let mut st = state::read_state(dir.path()).unwrap().unwrap();
+    st.boot_id = b"another-boot".to_vec();
+    state::write_state(dir.path(), &st).unwrap();
+    assert!(!open(dir.path(), cfg()).1.needs_resync);
+}
+
+#[test]
+fn interval_and_never_policies_sync_on_demand() {
+    for fsync in [
+        FsyncPolicy::Never,
+        FsyncPolicy::Interval(Duration::from_millis(1)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = JournalConfig { fsync, ..cfg() };
+        let (j, _) = open(dir.path(), config.clone());
+        for i in 0..30u64 {
+            j.append(0, 0, &data(i, 100)).unwrap();
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        j.sync().unwrap();
+        j.close().unwrap();
+        let (j, rec) = open(dir.path(), config);
+        assert!(rec.clean_shutdown);
+        assert_eq!(j.read_after(0, usize::MAX).unwrap().len(), 30);
+    }
+}
+
+#[test]
+fn corrupt_state_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path(), cfg()).0.close().unwrap();
+    fs::write(dir.path().join("state"), b"garbage").unwrap();
+    let e = Journal::open(dir.path(), cfg(), &[VOL, VOL / 2]).unwrap_err();
+    assert!(matches!(e, JournalError::CorruptState { .. }), "{e}");
+    assert!(e.to_string().contains("state"), "{e}");
+}
+
+/// One operation of the change-log invariant property test.
+#[derive(Debug, Clone)]
+enum Op {
+    Write { volume: u32, offset: u64, len: u64 },
+    Ack(u8),
+    ResyncStart,
+    ResyncComplete,
+    Reopen,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u32..2, 0u64..(VOL / 2 - 20_000), 0u64..20_000)
+            .prop_map(|(volume, offset, len)| Op::Write { volume, offset, len }),
+        3 => any::<u8>().prop_map(Op::Ack),
+        1 => Just(Op::ResyncStart),
+        1 => Just(Op::ResyncComplete),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    /// Every write that is neither acknowledged nor resynchronised stays
+    /// inside `dirty_ranges`, whatever the sequence of appends, acks,
+    /// overflows, resyncs and restarts.
+    #[test]
+    fn change_log_covers_every_unacknowledged_write(ops in proptest::collection::vec(arb_op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = JournalConfig {
+            segment_bytes: 4096,
+            max_bytes: 30_000,
+            fsync: FsyncPolicy::Never,
+            region_bytes: 4096,
+        };
+        let sizes = [VOL, VOL / 2];
+        let mut j = Some(Journal::open(dir.path(), config.clone(), &sizes).unwrap().0);
+        // Outstanding writes: (seq or None if lost to overflow, volume, range).
+        let mut pending: Vec<(Option<Seq>, u32, Range<u64>)> = Vec::new();
+        let mut resync: Option<(Seq, usize)> = None;
+        for op in ops {
+            let jr = j.as_ref().unwrap();
+            match op {
+                Op::Write { volume, offset, len } => {
+                    let a = if len % 3 == 0 {
+                        jr.append_zero(volume, offset, len).unwrap()
+                    } else {
+                        jr.append(volume, offset, &vec![7; len as usize]).unwrap()
+                    };
+                    let seq = match a { Appended::Logged(s) => Some(s), Appended::Overflowed => None };
+                    pending.push((seq, volume, offset..offset + len));
+                    prop_assert!(jr.bytes() <= config.max_bytes);
+                }
+                Op::Ack(x) => {
+                    let last = jr.last_seq();
+                    let upto = jr.acknowledged() + (last - jr.acknowledged()) * u64::from(x) / 255;
+                    jr.acknowledge(upto).unwrap();
+                    pending.retain(|(s, _, _)| s.map_or(true, |s| s > upto));
+                }
+                Op::ResyncStart => {
+                    resync = Some((jr.resync_started().unwrap(), pending.len()));
+                }
+                Op::ResyncComplete => {
+                    if let Some((base, n)) = resync.take() {
+                        jr.resync_completed(base).unwrap();
+                        // The resync copied every region dirty at its start,
+                        // so all writes before it are on the replica.
+                        let mut i = 0;
+                        pending.retain(|(s, _, _)| {
+                            i += 1;
+                            i > n && s.map_or(true, |s| s > base)
+                        });
+                    }
+                }
+                Op::Reopen => {
+                    j.take().unwrap().close().unwrap();
+                    j = Some(Journal::open(dir.path(), config.clone(), &sizes).unwrap().0);
+                    resync = None;
+                }
+            }
+            let jr = j.as_ref().unwrap();
+            for (seq, volume, range) in &pending {
+                if range.is_empty() {
+                    continue;
+                }
+                let dirty = jr.dirty_ranges(*volume);
+                prop_assert!(
+                    dirty.iter().any(|d| d.start <= range.start && range.end <= d.end),
+                    "write {:?} (seq {:?}) on volume {} not covered by {:?}", range, seq, volume, dirty
+                );
+            }
+            if pending.iter().any(|(s, _, _)| s.is_none()) {
+                prop_assert!(jr.needs_resync());
+            }
+        }
+    }
+}
