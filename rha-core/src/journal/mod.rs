@@ -121,9 +121,25 @@ pub struct JournalConfig {
     pub max_bytes: u64,
     /// When records are fdatasync'ed.
     pub fsync: FsyncPolicy,
-    /// Size of one change-log region in bytes; must be the same on every
-    /// open of a journal directory.
+    /// Smallest size of one change-log region in bytes (default 4 KiB, one
+    /// block, so a fast resync compares just what changed). For large volumes
+    /// the region doubles until each bitmap generation holds at most
+    /// [`MAX_CHANGE_LOG_BITS`] bits, which bounds its memory (2 MiB) whatever
+    /// the volume size. Must be the same on every open of a journal directory.
     pub region_bytes: u64,
+}
+
+/// Most bits of one change-log generation (over all volumes): 2 MiB of bitmap.
+pub const MAX_CHANGE_LOG_BITS: u64 = 1 << 24;
+
+/// The region size the change log uses for `volume_sizes`: `min_region`
+/// doubled until the bitmap fits in [`MAX_CHANGE_LOG_BITS`].
+pub fn effective_region_bytes(min_region: u64, volume_sizes: &[u64]) -> u64 {
+    let mut region = min_region.max(1);
+    while volume_sizes.iter().map(|s| s.div_ceil(region)).sum::<u64>() > MAX_CHANGE_LOG_BITS {
+        region *= 2;
+    }
+    region
 }
 
 impl Default for JournalConfig {
@@ -132,7 +148,7 @@ impl Default for JournalConfig {
             segment_bytes: 64 << 20,
             max_bytes: 1 << 30,
             fsync: FsyncPolicy::Always,
-            region_bytes: 1 << 20,
+            region_bytes: 4096,
         }
     }
 }
@@ -429,7 +445,8 @@ impl Journal {
             });
         }
         // Created before the state file, so "state but no change log" is damage.
-        let changelog = ChangeLog::open(&dir, config.region_bytes, volume_sizes, 0)?;
+        let region_bytes = effective_region_bytes(config.region_bytes, volume_sizes);
+        let changelog = ChangeLog::open(&dir, region_bytes, volume_sizes, 0)?;
         let mut st = previous.clone().unwrap_or_default();
         if st.needs_resync {
             warn(
@@ -806,6 +823,11 @@ impl Journal {
     /// The highest seq handed out so far (0 if none).
     pub fn last_seq(&self) -> Seq {
         self.lock().last_seq
+    }
+
+    /// The configured bound on unacknowledged bytes ([`JournalConfig::max_bytes`]).
+    pub fn max_bytes(&self) -> u64 {
+        self.lock().config.max_bytes
     }
 
     /// Bytes of unacknowledged records on disk (bounded by [`JournalConfig::max_bytes`]).
