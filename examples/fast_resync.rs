@@ -25,29 +25,46 @@ use rha::core::volume::{FileVolume, Volume};
 
 fn main() -> Result<()> {
     let args: Vec<PathBuf> = std::env::args().skip(1).map(PathBuf::from).collect();
-    let [image, work] = args.as_slice() else { bail!("usage: fast_resync MASTER_IMAGE WORK_DIR") };
+    let [image, work] = args.as_slice() else {
+        bail!("usage: fast_resync MASTER_IMAGE WORK_DIR")
+    };
     std::fs::create_dir_all(work)?;
     let master_path = work.join("fr-master.img");
     let replica_path = work.join("fr-replica.img");
     let full_path = work.join("fr-replica-full.img");
     for p in [&master_path, &replica_path] {
         let _ = std::fs::remove_file(p);
-        std::fs::copy(image, p).with_context(|| format!("copying {} to {}", image.display(), p.display()))?;
+        std::fs::copy(image, p)
+            .with_context(|| format!("copying {} to {}", image.display(), p.display()))?;
     }
     let journal_dir = work.join("fr-journal");
     let _ = std::fs::remove_dir_all(&journal_dir);
     let master: Arc<dyn Volume> = Arc::new(FileVolume::open(&master_path)?);
     let size = master.size();
-    let config = JournalConfig { max_bytes: 8 << 20, fsync: FsyncPolicy::Never, ..Default::default() };
+    let config = JournalConfig {
+        max_bytes: 8 << 20,
+        fsync: FsyncPolicy::Never,
+        ..Default::default()
+    };
 
     // The replica is in sync with the master: record that, as a first synchronisation would.
     let replica: Arc<dyn Volume> = Arc::new(FileVolume::open(&replica_path)?);
     let sink = MemSink::with_volumes(vec![replica.clone()]);
     let events = Events::new();
     {
-        let (set, _) = TrackedSet::open(&journal_dir, config.clone(), vec![master.clone()], events.clone())?;
+        let (set, _) = TrackedSet::open(
+            &journal_dir,
+            config.clone(),
+            vec![master.clone()],
+            events.clone(),
+        )?;
         let mut peer = LocalPeer::new(&sink);
-        synchronise(&set, &mut peer, &SyncOptions::new(SyncMethod::Block), &events)?;
+        synchronise(
+            &set,
+            &mut peer,
+            &SyncOptions::new(SyncMethod::Block),
+            &events,
+        )?;
         // Writes through the write splitter: 1% of the blocks at random and one 16 MiB region.
         let v = set.volume(0).context("volume 0")?;
         let blocks = size / 4096;
@@ -69,10 +86,16 @@ fn main() -> Result<()> {
     std::fs::copy(&replica_path, &full_path)?;
 
     // After the restart: resync with the change log ...
-    let (set, recovery) = TrackedSet::open(&journal_dir, config, vec![master.clone()], events.clone())?;
+    let (set, recovery) =
+        TrackedSet::open(&journal_dir, config, vec![master.clone()], events.clone())?;
     let t = Instant::now();
     let mut peer = LocalPeer::new(&sink);
-    let fast = synchronise(&set, &mut peer, &SyncOptions::new(SyncMethod::Block), &events)?;
+    let fast = synchronise(
+        &set,
+        &mut peer,
+        &SyncOptions::new(SyncMethod::Block),
+        &events,
+    )?;
     let fast_s = t.elapsed().as_secs_f64();
 
     // ... and the same state compared in full.
@@ -82,7 +105,12 @@ fn main() -> Result<()> {
     let mut peer = LocalPeer::new(&full_sink);
     let mut options = SyncOptions::new(SyncMethod::Block);
     options.force_full_verification = true;
-    let full = synchronise(&StaticSource::new(vec![master.clone()]), &mut peer, &options, &events)?;
+    let full = synchronise(
+        &StaticSource::new(vec![master.clone()]),
+        &mut peer,
+        &options,
+        &events,
+    )?;
     let full_s = t.elapsed().as_secs_f64();
 
     println!(

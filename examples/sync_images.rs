@@ -26,7 +26,9 @@ fn main() -> Result<()> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--method" => {
-                let m = args.next().context("--method needs a value: block or volume")?;
+                let m = args
+                    .next()
+                    .context("--method needs a value: block or volume")?;
                 method = m.parse().map_err(anyhow::Error::msg)?;
             }
             "--force-full" => force_full = true,
@@ -38,12 +40,18 @@ fn main() -> Result<()> {
             _ => paths.push(PathBuf::from(a)),
         }
     }
-    let [src, dst] = paths.as_slice() else { bail!("give exactly two images: SRC DST (see --help)") };
-    let master: Arc<dyn Volume> = Arc::from(open_volume(src).with_context(|| format!("opening {}", src.display()))?);
+    let [src, dst] = paths.as_slice() else {
+        bail!("give exactly two images: SRC DST (see --help)")
+    };
+    let master: Arc<dyn Volume> =
+        Arc::from(open_volume(src).with_context(|| format!("opening {}", src.display()))?);
     let replica: Arc<dyn Volume> = if dst.exists() {
         Arc::from(open_volume(dst).with_context(|| format!("opening {}", dst.display()))?)
     } else {
-        Arc::new(FileVolume::create(dst, master.size()).with_context(|| format!("creating {}", dst.display()))?)
+        Arc::new(
+            FileVolume::create(dst, master.size())
+                .with_context(|| format!("creating {}", dst.display()))?,
+        )
     };
     let source = StaticSource::new(vec![master.clone()]);
     let sink = MemSink::with_volumes(vec![replica]);

@@ -48,7 +48,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let dir = &args.dir;
     if dir.exists() {
         if !dir.join(".rha-demo").exists() {
-            bail!("{} exists and is not a demo directory; choose another with --dir", dir.display());
+            bail!(
+                "{} exists and is not a demo directory; choose another with --dir",
+                dir.display()
+            );
         }
         std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
     }
@@ -65,8 +68,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         data_vol.write_at(b * 4096, &[x as u8; 4096])?;
     }
     drop(data_vol);
-    let master: Vec<Arc<dyn Volume>> =
-        vec![Arc::new(FileVolume::open(&system)?), Arc::new(FileVolume::open(&data)?)];
+    let master: Vec<Arc<dyn Volume>> = vec![
+        Arc::new(FileVolume::open(&system)?),
+        Arc::new(FileVolume::open(&data)?),
+    ];
     let sizes: Vec<u64> = master.iter().map(|v| v.size()).collect();
     println!("master: {} ({}), {}", system.display(), fs, data.display());
 
@@ -76,7 +81,12 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let printer = std::thread::spawn(move || {
         let mut last_pct = -1i64;
         for e in rx {
-            if let Event::SyncProgress { bytes_done, bytes_total, .. } = &e {
+            if let Event::SyncProgress {
+                bytes_done,
+                bytes_total,
+                ..
+            } = &e
+            {
                 let pct = (*bytes_done * 4 / (*bytes_total).max(1)) as i64 * 25;
                 if pct == last_pct {
                     continue;
@@ -86,8 +96,16 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             println!("  event: {e}");
         }
     });
-    let config = JournalConfig { fsync: FsyncPolicy::Interval(Duration::from_millis(50)), ..Default::default() };
-    let (set, _) = TrackedSet::open(dir.join("master/journal"), config, master.clone(), events.clone())?;
+    let config = JournalConfig {
+        fsync: FsyncPolicy::Interval(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    let (set, _) = TrackedSet::open(
+        dir.join("master/journal"),
+        config,
+        master.clone(),
+        events.clone(),
+    )?;
     let set = Arc::new(set);
 
     let writer = {
@@ -101,7 +119,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
                 if i % 10 == 9 {
                     v.write_zeroes(off, 8192)?;
                 } else {
-                    v.write_at(off, &vec![(x >> 8) as u8 | 1; 4096 * (1 + (i as usize % 3))])?;
+                    v.write_at(
+                        off,
+                        &vec![(x >> 8) as u8 | 1; 4096 * (1 + (i as usize % 3))],
+                    )?;
                 }
                 if i % 64 == 0 {
                     std::thread::sleep(Duration::from_millis(1));
@@ -116,7 +137,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     };
     let mut peer = LocalPeer::new(&replica);
     let report = synchronise(&set, &mut peer, &SyncOptions::new(method), &events)?;
-    writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
     let seq = replicate_until_idle(&set, &mut peer, 4 << 20, usize::MAX, &events)?;
     set.journal().sync()?;
     drop(peer);
@@ -132,7 +155,14 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let fsck = e2fsck(&disks[0]);
     drop(replica);
     let _ = printer.join();
-    println!("replica: {}", disks.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "replica: {}",
+        disks
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     for q in &qemu {
         println!("  qemu-img: {q}");
     }
@@ -166,12 +196,17 @@ fn make_system_disk(dir: &Path, path: &Path, size_mib: u64) -> Result<&'static s
     let files = dir.join("master/files");
     std::fs::create_dir_all(files.join("etc"))?;
     std::fs::write(files.join("etc/hostname"), "rha-demo-master\n")?;
-    std::fs::write(files.join("README"), "A folder of files that becomes the demo's system disk.\n")?;
+    std::fs::write(
+        files.join("README"),
+        "A folder of files that becomes the demo's system disk.\n",
+    )?;
     let mut x = 7u64;
-    let blob: Vec<u8> = (0..4 * MIB).map(|_| {
-        x = xorshift(x);
-        x as u8
-    }).collect();
+    let blob: Vec<u8> = (0..4 * MIB)
+        .map(|_| {
+            x = xorshift(x);
+            x as u8
+        })
+        .collect();
     std::fs::write(files.join("blob.bin"), &blob)?;
     let made = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
@@ -203,12 +238,25 @@ fn same_contents(a: &dyn Volume, b: &dyn Volume) -> Result<bool> {
 }
 
 fn qemu_img_info(path: &Path) -> String {
-    match Command::new("qemu-img").args(["info", "-f", "vpc", "--output=json"]).arg(path).output() {
+    match Command::new("qemu-img")
+        .args(["info", "-f", "vpc", "--output=json"])
+        .arg(path)
+        .output()
+    {
         Ok(o) if o.status.success() => {
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-            format!("{} is format {} with virtual size {}", path.display(), v["format"], v["virtual-size"])
+            format!(
+                "{} is format {} with virtual size {}",
+                path.display(),
+                v["format"],
+                v["virtual-size"]
+            )
         }
-        Ok(o) => format!("{}: {}", path.display(), String::from_utf8_lossy(&o.stderr).trim()),
+        Ok(o) => format!(
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
         Err(_) => "not installed (skipped)".into(),
     }
 }
@@ -216,7 +264,11 @@ fn qemu_img_info(path: &Path) -> String {
 fn e2fsck(path: &Path) -> String {
     match Command::new("e2fsck").args(["-fn"]).arg(path).output() {
         Ok(o) if o.status.success() => "clean".into(),
-        Ok(o) => format!("exit {:?}: {}", o.status.code(), String::from_utf8_lossy(&o.stdout).trim()),
+        Ok(o) => format!(
+            "exit {:?}: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).trim()
+        ),
         Err(_) => "not installed (skipped)".into(),
     }
 }

@@ -93,7 +93,8 @@ enum ScenarioCommand {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RHA_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("RHA_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -109,7 +110,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
-        Command::Sync { method, force_full, src, dst } => {
+        Command::Sync {
+            method,
+            force_full,
+            src,
+            dst,
+        } => {
             let master: Arc<dyn Volume> =
                 Arc::from(open_volume(&src).with_context(|| format!("opening {}", src.display()))?);
             let replica: Arc<dyn Volume> = if dst.exists() {
@@ -142,12 +148,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     report.size.virtual_size
                 );
             }
-            println!("{}: fixed VHD of {} bytes", image.display(), report.size.virtual_size);
+            println!(
+                "{}: fixed VHD of {} bytes",
+                image.display(),
+                report.size.virtual_size
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Vhd(VhdCommand::Check { image }) => match vhd::read_footer(&image)? {
             Some(f) => {
-                println!("{}: fixed VHD, virtual size {} bytes, geometry {:?}", image.display(), f.current_size, f.geometry);
+                println!(
+                    "{}: fixed VHD, virtual size {} bytes, geometry {:?}",
+                    image.display(),
+                    f.current_size,
+                    f.geometry
+                );
                 Ok(ExitCode::SUCCESS)
             }
             None => {
@@ -164,7 +179,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let scenario = Scenario::load(&file)?;
             let validation = scenario.validate();
             print!("{validation}");
-            Ok(if validation.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if validation.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
     }
 }

@@ -170,7 +170,9 @@ impl Events {
     /// Sends `event` to every subscriber and logs it.
     pub fn emit(&self, event: Event) {
         match &event {
-            Event::Error { .. } | Event::MasterNotResponding { .. } | Event::JournalOverflow { .. } => {
+            Event::Error { .. }
+            | Event::MasterNotResponding { .. }
+            | Event::JournalOverflow { .. } => {
                 tracing::warn!(target: "rha::event", "{event}")
             }
             Event::SyncProgress { .. } | Event::ReplicationLag { .. } => {
@@ -187,7 +189,10 @@ impl Events {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Sender<Event>>> {
-        self.inner.subscribers.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -271,7 +276,11 @@ mod tests {
         let events = Events::new();
         let a = events.subscribe();
         let b = events.subscribe();
-        events.emit(Event::SyncStarted { method: "block".into(), volumes: 2, bytes_total: 10 });
+        events.emit(Event::SyncStarted {
+            method: "block".into(),
+            volumes: 2,
+            bytes_total: 10,
+        });
         drop(b);
         events.emit(Event::MasterNotResponding { seconds: 3.0 });
         assert_eq!(a.try_iter().count(), 2);

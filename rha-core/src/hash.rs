@@ -53,7 +53,10 @@ pub struct Node {
 impl Node {
     /// The node of `level` that covers byte `offset`.
     pub fn containing(level: u8, offset: u64) -> Node {
-        Node { level, index: offset / level_span(level) }
+        Node {
+            level,
+            index: offset / level_span(level),
+        }
     }
 
     /// The bytes this node covers, clipped to a volume of `size` bytes.
@@ -134,10 +137,15 @@ impl Subtree {
     /// Like [`Subtree::compute`], for a volume seen as `size` bytes long (at
     /// most its real size): the replica of a smaller master is compared over
     /// the master's size only.
-    pub fn compute_sized(volume: &dyn Volume, size: u64, root: Node) -> Result<Subtree, VolumeError> {
+    pub fn compute_sized(
+        volume: &dyn Volume,
+        size: u64,
+        root: Node,
+    ) -> Result<Subtree, VolumeError> {
         let size = size.min(volume.size());
         let span = root.span(size);
-        let mut leaves = Vec::with_capacity(((span.end - span.start) as usize).div_ceil(BLOCK_SIZE));
+        let mut leaves =
+            Vec::with_capacity(((span.end - span.start) as usize).div_ceil(BLOCK_SIZE));
         let mut buf = vec![0u8; READ_CHUNK.min((span.end - span.start) as usize)];
         let mut at = span.start;
         while at < span.end {
@@ -207,7 +215,10 @@ impl Default for TreeCache {
 impl TreeCache {
     /// A cache that holds at most about `budget` bytes of hashes.
     pub fn new(budget: usize) -> Self {
-        TreeCache { entries: VecDeque::new(), budget }
+        TreeCache {
+            entries: VecDeque::new(),
+            budget,
+        }
     }
 
     /// The hash of every node in `nodes`, computing subtrees that are not cached.
@@ -294,7 +305,10 @@ mod tests {
         let t2 = Subtree::compute(&v2, root).unwrap();
         assert_ne!(t.root_hash(), t2.root_hash());
         assert_eq!(t2.get(Node { level: 0, index: 0 }), Some(zero_leaf()));
-        assert_eq!(t.get(Node { level: 1, index: 1 }), t2.get(Node { level: 1, index: 1 }));
+        assert_eq!(
+            t.get(Node { level: 1, index: 1 }),
+            t2.get(Node { level: 1, index: 1 })
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Every ReplicaSink and ChangeSource implementation of this crate runs the shared suites.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +46,17 @@ fn tracked_set() {
     let mut n = 0;
     run_source_suite(&mut |volumes| {
         n += 1;
-        let config = JournalConfig { fsync: FsyncPolicy::Always, ..Default::default() };
-        let (set, _) = TrackedSet::open(dir.path().join(format!("j{n}")), config, volumes, Events::new()).unwrap();
+        let config = JournalConfig {
+            fsync: FsyncPolicy::Always,
+            ..Default::default()
+        };
+        let (set, _) = TrackedSet::open(
+            dir.path().join(format!("j{n}")),
+            config,
+            volumes,
+            Events::new(),
+        )
+        .unwrap();
         let set = Arc::new(set);
         let writer = set.clone();
         SourceUnderTest {

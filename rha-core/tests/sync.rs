@@ -1,5 +1,7 @@
 //! Synchronisation and replication, in process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -58,12 +60,18 @@ fn noisy_volume(size: u64, seed: u64) -> Arc<dyn Volume> {
 #[test]
 fn both_methods_make_the_replica_equal_and_never_send_zero_blocks() {
     for method in [SyncMethod::Volume, SyncMethod::Block] {
-        let master = vec![noisy_volume(5 * MIB + 4096 + 512, 7), Arc::new(MemVolume::new(64 * MIB).unwrap()) as Arc<dyn Volume>];
+        let master = vec![
+            noisy_volume(5 * MIB + 4096 + 512, 7),
+            Arc::new(MemVolume::new(64 * MIB).unwrap()) as Arc<dyn Volume>,
+        ];
         master[1].write_at(33 * MIB, b"lonely").unwrap();
         let sink = MemSink::new(&[master[0].size(), 64 * MIB]).unwrap();
         // Old garbage on the replica must be overwritten or zeroed.
         sink.volume(0).unwrap().write_at(0, &[0xAB; 8192]).unwrap();
-        sink.volume(1).unwrap().write_at(50 * MIB, &[0xCD; 4096]).unwrap();
+        sink.volume(1)
+            .unwrap()
+            .write_at(50 * MIB, &[0xCD; 4096])
+            .unwrap();
         let source = StaticSource::new(master.clone());
         let mut peer = LocalPeer::new(&sink);
         let events = Events::new();
@@ -80,8 +88,20 @@ fn both_methods_make_the_replica_equal_and_never_send_zero_blocks() {
         let kinds: Vec<String> = rx.try_iter().map(|e| format!("{e:?}")).collect();
         assert!(kinds.iter().any(|e| e.starts_with("SyncStarted")));
         assert!(kinds.iter().any(|e| e.starts_with("SyncProgress")));
-        assert!(kinds.iter().any(|e| e.starts_with("AllSyncChangesReplicated")), "{kinds:?}");
-        assert_eq!(sink.state(), ReplicaState { applied: 0, consistent: true, synced: true });
+        assert!(
+            kinds
+                .iter()
+                .any(|e| e.starts_with("AllSyncChangesReplicated")),
+            "{kinds:?}"
+        );
+        assert_eq!(
+            sink.state(),
+            ReplicaState {
+                applied: 0,
+                consistent: true,
+                synced: true
+            }
+        );
     }
 }
 
@@ -92,16 +112,37 @@ fn block_level_on_an_unchanged_volume_costs_almost_nothing() {
     let source = StaticSource::new(master.clone());
     let events = Events::new();
     let mut peer = LocalPeer::new(&sink);
-    synchronise(&source, &mut peer, &SyncOptions::new(SyncMethod::Volume), &events).unwrap();
+    synchronise(
+        &source,
+        &mut peer,
+        &SyncOptions::new(SyncMethod::Volume),
+        &events,
+    )
+    .unwrap();
     let mut peer = LocalPeer::new(&sink);
-    let report = synchronise(&source, &mut peer, &SyncOptions::new(SyncMethod::Block), &events).unwrap();
+    let report = synchronise(
+        &source,
+        &mut peer,
+        &SyncOptions::new(SyncMethod::Block),
+        &events,
+    )
+    .unwrap();
     assert_eq!(report.blocks_changed, 0);
-    assert!(report.bytes_sent + report.bytes_received < 1024, "{report:?}");
+    assert!(
+        report.bytes_sent + report.bytes_received < 1024,
+        "{report:?}"
+    );
 
     // One changed block costs one block plus a few hashes per level.
     master[0].write_at(123 * MIB + 4096 * 7 + 5, b"x").unwrap();
     let mut peer = LocalPeer::new(&sink);
-    let report = synchronise(&source, &mut peer, &SyncOptions::new(SyncMethod::Block), &events).unwrap();
+    let report = synchronise(
+        &source,
+        &mut peer,
+        &SyncOptions::new(SyncMethod::Block),
+        &events,
+    )
+    .unwrap();
     assert_eq!(report.blocks_changed, 1);
     assert!(report.bytes_sent < 4096 + 1024, "{report:?}");
     assert!(report.bytes_received < 4 * 16 * 16 + 512, "{report:?}");
@@ -113,9 +154,17 @@ fn a_replica_smaller_than_the_master_is_refused_clearly() {
     let master = vec![Arc::new(MemVolume::new(2 * MIB).unwrap()) as Arc<dyn Volume>];
     let sink = MemSink::new(&[MIB]).unwrap();
     let mut peer = LocalPeer::new(&sink);
-    let err = synchronise(&StaticSource::new(master), &mut peer, &SyncOptions::new(SyncMethod::Block), &Events::new())
-        .unwrap_err();
-    assert!(matches!(err, SyncError::SizeMismatch { volume: 0, .. }), "{err}");
+    let err = synchronise(
+        &StaticSource::new(master),
+        &mut peer,
+        &SyncOptions::new(SyncMethod::Block),
+        &Events::new(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, SyncError::SizeMismatch { volume: 0, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("at least as large"));
 }
 
@@ -178,8 +227,15 @@ impl SyncPeer for Interleaving<'_> {
 }
 
 fn tracked(dir: &std::path::Path, master: &[Arc<dyn Volume>], max_bytes: u64) -> TrackedSet {
-    let config = JournalConfig { max_bytes, fsync: FsyncPolicy::Never, segment_bytes: 256 << 10, ..Default::default() };
-    TrackedSet::open(dir, config, master.to_vec(), Events::new()).unwrap().0
+    let config = JournalConfig {
+        max_bytes,
+        fsync: FsyncPolicy::Never,
+        segment_bytes: 256 << 10,
+        ..Default::default()
+    };
+    TrackedSet::open(dir, config, master.to_vec(), Events::new())
+        .unwrap()
+        .0
 }
 
 fn write_strategy() -> impl Strategy<Value = Vec<(usize, u64, Vec<u8>)>> {
@@ -257,22 +313,41 @@ fn fast_resync_compares_only_what_the_change_log_marks() {
     let sink = MemSink::new(&[64 * MIB]).unwrap();
     let events = Events::new();
     let mut peer = LocalPeer::new(&sink);
-    synchronise(&set, &mut peer, &SyncOptions::new(SyncMethod::Block), &events).unwrap();
+    synchronise(
+        &set,
+        &mut peer,
+        &SyncOptions::new(SyncMethod::Block),
+        &events,
+    )
+    .unwrap();
 
     // Enough writes to overflow the journal: the change log takes over.
     let rx = events.subscribe();
     let v = set.volume(0).unwrap();
     for i in 0..100u64 {
-        v.write_at(10 * MIB + i * 4096, &[i as u8 + 1; 4096]).unwrap();
+        v.write_at(10 * MIB + i * 4096, &[i as u8 + 1; 4096])
+            .unwrap();
     }
     v.write_at(40 * MIB, &[0xEE; 8192]).unwrap();
-    assert!(set.needs_resync(), "a 256 KiB journal cannot hold 400 KiB of writes");
+    assert!(
+        set.needs_resync(),
+        "a 256 KiB journal cannot hold 400 KiB of writes"
+    );
     drop(rx);
 
     let mut peer = LocalPeer::new(&sink);
-    let report = synchronise(&set, &mut peer, &SyncOptions::new(SyncMethod::Block), &events).unwrap();
+    let report = synchronise(
+        &set,
+        &mut peer,
+        &SyncOptions::new(SyncMethod::Block),
+        &events,
+    )
+    .unwrap();
     assert!(report.used_change_log, "{report:?}");
-    assert!(report.bytes_scanned <= 3 * MIB, "only the dirty regions are compared: {report:?}");
+    assert!(
+        report.bytes_scanned <= 3 * MIB,
+        "only the dirty regions are compared: {report:?}"
+    );
     assert_eq!(report.bytes_skipped, 64 * MIB - report.bytes_scanned);
     assert_same(&master, &sink);
 
@@ -295,21 +370,34 @@ fn replication_after_sync_keeps_the_replica_equal_and_reports_lag() {
     let events = Events::new();
     let rx = events.subscribe();
     let mut peer = LocalPeer::new(&sink);
-    synchronise(&set, &mut peer, &SyncOptions::new(SyncMethod::Volume), &events).unwrap();
+    synchronise(
+        &set,
+        &mut peer,
+        &SyncOptions::new(SyncMethod::Volume),
+        &events,
+    )
+    .unwrap();
     let v = set.volume(0).unwrap();
     for i in 0..50u64 {
         v.write_at(i * 12345, &[i as u8; 3000]).unwrap();
     }
     v.write_zeroes(MIB, 8192).unwrap();
-    let seq = rha_core::sync::replicate_until_idle(&set, &mut peer, 16 << 10, 1000, &events).unwrap();
+    let seq =
+        rha_core::sync::replicate_until_idle(&set, &mut peer, 16 << 10, 1000, &events).unwrap();
     assert_eq!(seq, set.last_seq());
     assert_eq!(sink.state().applied, seq);
     assert_same(&master, &sink);
     let stats = events.stats().snapshot();
     assert_eq!(stats.lag_records, 0);
     assert!(stats.records_applied >= 51);
-    assert!(rx.try_iter().any(|e| matches!(e, Event::ReplicationLag { records: 0, .. })));
-    assert_eq!(set.journal().bytes(), 0, "acknowledged records are truncated");
+    assert!(rx
+        .try_iter()
+        .any(|e| matches!(e, Event::ReplicationLag { records: 0, .. })));
+    assert_eq!(
+        set.journal().bytes(),
+        0,
+        "acknowledged records are truncated"
+    );
 }
 
 #[test]
@@ -320,9 +408,21 @@ fn unknown_dirty_ranges_mean_a_full_compare() {
     let sink = MemSink::new(&[2 * MIB]).unwrap();
     let events = Events::new();
     let mut peer = LocalPeer::new(&sink);
-    synchronise(&source, &mut peer, &SyncOptions::new(SyncMethod::Block), &events).unwrap();
+    synchronise(
+        &source,
+        &mut peer,
+        &SyncOptions::new(SyncMethod::Block),
+        &events,
+    )
+    .unwrap();
     let mut peer = LocalPeer::new(&sink);
-    let r = synchronise(&source, &mut peer, &SyncOptions::new(SyncMethod::Block), &events).unwrap();
+    let r = synchronise(
+        &source,
+        &mut peer,
+        &SyncOptions::new(SyncMethod::Block),
+        &events,
+    )
+    .unwrap();
     assert!(!r.used_change_log);
     assert_eq!(r.bytes_scanned, 2 * MIB);
 }

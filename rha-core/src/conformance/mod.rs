@@ -7,6 +7,6 @@ mod sink;
 mod source;
 pub mod volume;
 
-pub use sink::run_sink_suite;
-pub use source::{run_source_suite, SourceUnderTest};
+pub use sink::{run_sink_suite, Reopen};
+pub use source::{run_source_suite, SourceUnderTest, Writer};
 pub use volume::run_volume_suite;

@@ -8,13 +8,16 @@ use crate::source::{ChangeSource, SourceError};
 use crate::volume::{MemVolume, Volume};
 use crate::VolumeId;
 
+/// Writes `data` at an offset of a volume, as the protected system would.
+pub type Writer = Box<dyn Fn(VolumeId, u64, &[u8])>;
+
 /// A change source under test and the way its volumes get written.
 pub struct SourceUnderTest {
     /// The source.
     pub source: Box<dyn ChangeSource>,
     /// Writes as the protected system would (through the write splitter,
     /// or straight to the disk for a rescan source).
-    pub write: Box<dyn Fn(VolumeId, u64, &[u8])>,
+    pub write: Writer,
 }
 
 /// Runs every check against sources made by `make(volumes)`. The volumes
@@ -43,7 +46,10 @@ pub fn run_source_suite(make: &mut dyn FnMut(Vec<Arc<dyn Volume>>) -> SourceUnde
     assert_eq!(src.volumes().len(), 2, "volumes()");
     src.capture().unwrap();
     let start = src.last_seq();
-    assert!(src.changes_after(start, 1 << 20).unwrap().is_empty(), "no changes before any write");
+    assert!(
+        src.changes_after(start, 1 << 20).unwrap().is_empty(),
+        "no changes before any write"
+    );
 
     (t.write)(0, 4096, &[1; 4096]);
     (t.write)(1, (2 << 20) + 8192, &[2; 8192]);
@@ -69,11 +75,18 @@ pub fn run_source_suite(make: &mut dyn FnMut(Vec<Arc<dyn Volume>>) -> SourceUnde
             }
         }
     }
-    assert_eq!(after, src.last_seq(), "every record up to last_seq is readable");
+    assert_eq!(
+        after,
+        src.last_seq(),
+        "every record up to last_seq is readable"
+    );
     for (i, v) in volumes.iter().enumerate() {
         let mut want = vec![0u8; v.size() as usize];
         v.read_at(0, &mut want).unwrap();
-        assert!(replica[i].to_vec() == want, "replaying the records must reproduce volume {i}");
+        assert!(
+            replica[i].to_vec() == want,
+            "replaying the records must reproduce volume {i}"
+        );
     }
 
     // Dirty ranges (where known) cover every write not yet acknowledged.
@@ -91,12 +104,18 @@ pub fn run_source_suite(make: &mut dyn FnMut(Vec<Arc<dyn Volume>>) -> SourceUnde
     src.acknowledge(last).unwrap();
     assert_eq!(src.acknowledged(), last, "acknowledged()");
     match src.changes_after(start, 1 << 20) {
-        Ok(r) => assert!(r.is_empty() || r[0].seq > start, "acknowledged records are not offered again"),
+        Ok(r) => assert!(
+            r.is_empty() || r[0].seq > start,
+            "acknowledged records are not offered again"
+        ),
         Err(SourceError::Gap { .. }) => {}
         Err(e) => panic!("changes_after acknowledged records: {e}"),
     }
     (t.write)(0, 0, &[7; 512]);
     src.capture().unwrap();
     let recs = src.changes_after(last, 1 << 20).unwrap();
-    assert!(!recs.is_empty() && recs[0].seq == last + 1, "a write after acknowledgement is offered");
+    assert!(
+        !recs.is_empty() && recs[0].seq == last + 1,
+        "a write after acknowledgement is offered"
+    );
 }

@@ -583,7 +583,7 @@ impl Journal {
             last_seq = last_seq.max(seg.next_seq() - 1);
         }
 
-        let clean_shutdown = previous.as_ref().map_or(true, |p| p.clean_shutdown);
+        let clean_shutdown = previous.as_ref().is_none_or(|p| p.clean_shutdown);
         let boot_id = state::boot_id();
         if let Some(p) = &previous {
             if !p.clean_shutdown

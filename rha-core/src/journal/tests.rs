@@ -616,7 +616,7 @@ proptest! {
                     let last = jr.last_seq();
                     let upto = jr.acknowledged() + (last - jr.acknowledged()) * u64::from(x) / 255;
                     jr.acknowledge(upto).unwrap();
-                    pending.retain(|(s, _, _)| s.map_or(true, |s| s > upto));
+                    pending.retain(|(s, _, _)| s.is_none_or(|s| s > upto));
                 }
                 Op::ResyncStart => {
                     resync = Some((jr.resync_started().unwrap(), pending.len()));
@@ -629,7 +629,7 @@ proptest! {
                         let mut i = 0;
                         pending.retain(|(s, _, _)| {
                             i += 1;
-                            i > n && s.map_or(true, |s| s > base)
+                            i > n && s.is_none_or(|s| s > base)
                         });
                     }
                 }

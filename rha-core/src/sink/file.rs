@@ -71,9 +71,17 @@ impl FileSink {
     /// Creates a replica in `dir` (created if missing) with empty disks of the given sizes.
     ///
     /// Fixed VHD disks are rounded up to a whole MiB, as Azure requires.
-    pub fn create(dir: impl AsRef<Path>, sizes: &[u64], format: DiskFormat) -> Result<Self, SinkError> {
+    pub fn create(
+        dir: impl AsRef<Path>,
+        sizes: &[u64],
+        format: DiskFormat,
+    ) -> Result<Self, SinkError> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|source| SinkError::Io { op: "create directory", path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| SinkError::Io {
+            op: "create directory",
+            path: dir.clone(),
+            source,
+        })?;
         let state_path = dir.join(STATE_FILE);
         if state_path.exists() {
             return Err(SinkError::Mismatch {
@@ -99,7 +107,11 @@ impl FileSink {
             state: ReplicaState::default(),
         };
         write_state(&dir, &file)?;
-        Ok(FileSink { dir, volumes, file: Mutex::new(file) })
+        Ok(FileSink {
+            dir,
+            volumes,
+            file: Mutex::new(file),
+        })
     }
 
     /// Opens an existing replica, finishing a batch that a crash interrupted.
@@ -113,12 +125,17 @@ impl FileSink {
         })?;
         let file: StateFile = toml::from_str(&text).map_err(|e| SinkError::BadState {
             path: state_path.clone(),
-            reason: format!("{e}; the replica's bookkeeping is damaged: resynchronise into a new directory"),
+            reason: format!(
+                "{e}; the replica's bookkeeping is damaged: resynchronise into a new directory"
+            ),
         })?;
         if file.version != 1 {
             return Err(SinkError::BadState {
                 path: state_path,
-                reason: format!("version {} is not known to this rha; upgrade rha", file.version),
+                reason: format!(
+                    "version {} is not known to this rha; upgrade rha",
+                    file.version
+                ),
             });
         }
         let mut volumes: Vec<Arc<dyn Volume>> = Vec::with_capacity(file.volume_sizes.len());
@@ -130,12 +147,20 @@ impl FileSink {
             };
             if v.size() < size {
                 return Err(SinkError::Mismatch {
-                    what: format!("disk {} holds {} bytes but the replica needs {size}", path.display(), v.size()),
+                    what: format!(
+                        "disk {} holds {} bytes but the replica needs {size}",
+                        path.display(),
+                        v.size()
+                    ),
                 });
             }
             volumes.push(v);
         }
-        let sink = FileSink { dir, volumes, file: Mutex::new(file) };
+        let sink = FileSink {
+            dir,
+            volumes,
+            file: Mutex::new(file),
+        };
         sink.recover()?;
         Ok(sink)
     }
@@ -148,7 +173,9 @@ impl FileSink {
     /// The file of each replica disk, in volume order.
     pub fn disk_paths(&self) -> Vec<PathBuf> {
         let format = self.lock().format;
-        (0..self.volumes.len()).map(|i| disk_path(&self.dir, i, format)).collect()
+        (0..self.volumes.len())
+            .map(|i| disk_path(&self.dir, i, format))
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StateFile> {
@@ -157,7 +184,9 @@ impl FileSink {
 
     fn recover(&self) -> Result<(), SinkError> {
         let path = self.dir.join(REDO_FILE);
-        let Some(records) = read_redo(&path)? else { return Ok(()) };
+        let Some(records) = read_redo(&path)? else {
+            return Ok(());
+        };
         let mut file = self.lock();
         let applied = file.state.applied;
         match unapplied(applied, &records) {
@@ -202,7 +231,9 @@ impl ReplicaSink for FileSink {
     fn apply(&self, records: &[Record]) -> Result<Seq, SinkError> {
         let mut file = self.lock();
         let todo = unapplied(file.state.applied, records)?;
-        let Some(last) = todo.last() else { return Ok(file.state.applied) };
+        let Some(last) = todo.last() else {
+            return Ok(file.state.applied);
+        };
         for r in todo {
             super::volume_at(&self.volumes, r.volume)?;
         }
@@ -232,7 +263,10 @@ impl ReplicaSink for FileSink {
         let mut file = self.lock();
         if seq > file.state.applied {
             return Err(SinkError::Mismatch {
-                what: format!("cannot be consistent at sequence {seq}: only {} was applied", file.state.applied),
+                what: format!(
+                    "cannot be consistent at sequence {seq}: only {} was applied",
+                    file.state.applied
+                ),
             });
         }
         file.state.consistent = true;
@@ -245,7 +279,11 @@ fn disk_path(dir: &Path, i: usize, format: DiskFormat) -> PathBuf {
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SinkError + 'a {
-    move |source| SinkError::Io { op, path: path.to_path_buf(), source }
+    move |source| SinkError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes `bytes` to `path` atomically and durably: temporary file, sync, rename, sync directory.
@@ -256,14 +294,19 @@ pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
     f.sync_all().map_err(io("sync", &tmp))?;
     fs::rename(&tmp, path).map_err(io("rename into place", path))?;
     if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync directory", dir))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync directory", dir))?;
     }
     Ok(())
 }
 
 fn write_state(dir: &Path, file: &StateFile) -> Result<(), SinkError> {
     let path = dir.join(STATE_FILE);
-    let text = toml::to_string(file).map_err(|e| SinkError::BadState { path: path.clone(), reason: e.to_string() })?;
+    let text = toml::to_string(file).map_err(|e| SinkError::BadState {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     atomic_write(&path, text.as_bytes())
 }
 
@@ -303,8 +346,13 @@ fn read_redo(path: &Path) -> Result<Option<Vec<Record>>, SinkError> {
     let mut crc4 = [0u8; 4];
     crc4.copy_from_slice(&bytes[16..20]);
     let payload = &bytes[REDO_HEADER..];
-    if u64::from_le_bytes(len8) != payload.len() as u64 || crc32fast::hash(payload) != u32::from_le_bytes(crc4) {
-        tracing::warn!("replica redo log {} is incomplete; the batch it held was never applied", path.display());
+    if u64::from_le_bytes(len8) != payload.len() as u64
+        || crc32fast::hash(payload) != u32::from_le_bytes(crc4)
+    {
+        tracing::warn!(
+            "replica redo log {} is incomplete; the batch it held was never applied",
+            path.display()
+        );
         return Ok(None);
     }
     let mut records = Vec::new();

@@ -21,15 +21,26 @@ impl MemSink {
         let volumes = sizes
             .iter()
             .enumerate()
-            .map(|(i, &s)| Ok(Arc::new(MemVolume::named(&format!("replica volume {i}"), s)?) as Arc<dyn Volume>))
+            .map(|(i, &s)| {
+                Ok(
+                    Arc::new(MemVolume::named(&format!("replica volume {i}"), s)?)
+                        as Arc<dyn Volume>,
+                )
+            })
             .collect::<Result<Vec<_>, SinkError>>()?;
-        Ok(MemSink { volumes, state: Mutex::new(ReplicaState::default()) })
+        Ok(MemSink {
+            volumes,
+            state: Mutex::new(ReplicaState::default()),
+        })
     }
 
     /// A replica over existing volumes whose state is kept in memory only:
     /// for offline synchronisation of two images.
     pub fn with_volumes(volumes: Vec<Arc<dyn Volume>>) -> Self {
-        MemSink { volumes, state: Mutex::new(ReplicaState::default()) }
+        MemSink {
+            volumes,
+            state: Mutex::new(ReplicaState::default()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ReplicaState> {
@@ -79,7 +90,10 @@ impl ReplicaSink for MemSink {
         let mut state = self.lock();
         if seq > state.applied {
             return Err(SinkError::Mismatch {
-                what: format!("cannot be consistent at sequence {seq}: only {} was applied", state.applied),
+                what: format!(
+                    "cannot be consistent at sequence {seq}: only {} was applied",
+                    state.applied
+                ),
             });
         }
         state.consistent = true;

@@ -91,21 +91,31 @@ pub(crate) fn write_records(
 pub(crate) fn unapplied(applied: Seq, records: &[Record]) -> Result<&[Record], SinkError> {
     for pair in records.windows(2) {
         if pair[1].seq != pair[0].seq + 1 {
-            return Err(SinkError::OutOfOrder { previous: pair[0].seq, next: pair[1].seq });
+            return Err(SinkError::OutOfOrder {
+                previous: pair[0].seq,
+                next: pair[1].seq,
+            });
         }
     }
     let skip = records.iter().take_while(|r| r.seq <= applied).count();
     let rest = &records[skip..];
     match rest.first() {
-        Some(first) if first.seq != applied + 1 => Err(SinkError::Gap { applied, first: first.seq }),
+        Some(first) if first.seq != applied + 1 => Err(SinkError::Gap {
+            applied,
+            first: first.seq,
+        }),
         _ => Ok(rest),
     }
 }
 
-pub(crate) fn volume_at(volumes: &[Arc<dyn Volume>], id: VolumeId) -> Result<&Arc<dyn Volume>, SinkError> {
-    volumes
-        .get(id as usize)
-        .ok_or(SinkError::NoSuchVolume { id, count: volumes.len() })
+pub(crate) fn volume_at(
+    volumes: &[Arc<dyn Volume>],
+    id: VolumeId,
+) -> Result<&Arc<dyn Volume>, SinkError> {
+    volumes.get(id as usize).ok_or(SinkError::NoSuchVolume {
+        id,
+        count: volumes.len(),
+    })
 }
 
 /// What went wrong on the replica side.

@@ -59,10 +59,18 @@ impl RescanSource {
                 .create(true)
                 .truncate(false)
                 .open(&path)
-                .map_err(|source| SourceError::Io { op: "open hash map", path: path.clone(), source })?;
+                .map_err(|source| SourceError::Io {
+                    op: "open hash map",
+                    path: path.clone(),
+                    source,
+                })?;
             let len = file
                 .metadata()
-                .map_err(|source| SourceError::Io { op: "inspect hash map", path: path.clone(), source })?
+                .map_err(|source| SourceError::Io {
+                    op: "inspect hash map",
+                    path: path.clone(),
+                    source,
+                })?
                 .len();
             if existed && len != expected {
                 return Err(SourceError::Mismatch(format!(
@@ -78,7 +86,13 @@ impl RescanSource {
             }
         }
         Ok((
-            RescanSource { volumes, journal, maps, interval, last_scan: Mutex::new(Some(Instant::now())) },
+            RescanSource {
+                volumes,
+                journal,
+                maps,
+                interval,
+                last_scan: Mutex::new(Some(Instant::now())),
+            },
             recovery,
         ))
     }
@@ -87,7 +101,11 @@ impl RescanSource {
     pub fn scan_now(&self) -> Result<u64, SourceError> {
         let mut changed = 0;
         for (i, v) in self.volumes.iter().enumerate() {
-            changed += Self::scan_volume_into_map(&**v, &self.maps[i], Some((&self.journal, i as VolumeId)))?;
+            changed += Self::scan_volume_into_map(
+                &**v,
+                &self.maps[i],
+                Some((&self.journal, i as VolumeId)),
+            )?;
         }
         *self.last_scan.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         Ok(changed)
@@ -150,18 +168,26 @@ impl RescanSource {
                 }
             }
             map.write_all_at(&new, map_at)
-                .map_err(|source| SourceError::Io { op: "write hash map", path: path.clone(), source })?;
+                .map_err(|source| SourceError::Io {
+                    op: "write hash map",
+                    path: path.clone(),
+                    source,
+                })?;
             at += n as u64;
         }
-        map.sync_data()
-            .map_err(|source| SourceError::Io { op: "sync hash map", path: path.clone(), source })?;
+        map.sync_data().map_err(|source| SourceError::Io {
+            op: "sync hash map",
+            path: path.clone(),
+            source,
+        })?;
         Ok(changed)
     }
 }
 
 /// Two neighbouring changed blocks share a record when both are zero or both hold data.
 fn same_kind(data: &[u8], run: &Range<usize>, block: &[u8]) -> bool {
-    let first = &data[run.start * BLOCK_SIZE..(run.start * BLOCK_SIZE + BLOCK_SIZE).min(data.len())];
+    let first =
+        &data[run.start * BLOCK_SIZE..(run.start * BLOCK_SIZE + BLOCK_SIZE).min(data.len())];
     is_zero(first) == is_zero(block)
 }
 
@@ -172,7 +198,9 @@ fn emit(
     data: &[u8],
     run: Range<usize>,
 ) -> Result<bool, SourceError> {
-    let Some((journal, id)) = journal else { return Ok(false) };
+    let Some((journal, id)) = journal else {
+        return Ok(false);
+    };
     let start = run.start * BLOCK_SIZE;
     let end = (run.end * BLOCK_SIZE).min(data.len());
     let offset = base + start as u64;
@@ -194,7 +222,11 @@ fn read_map(map: &File, path: &Path, at: u64, out: &mut [u8]) -> Result<(), Sour
     while done < out.len() {
         let n = map
             .read_at(&mut out[done..], at + done as u64)
-            .map_err(|source| SourceError::Io { op: "read hash map", path: path.to_path_buf(), source })?;
+            .map_err(|source| SourceError::Io {
+                op: "read hash map",
+                path: path.to_path_buf(),
+                source,
+            })?;
         if n == 0 {
             out[done..].fill(0xff);
             break;

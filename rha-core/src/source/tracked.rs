@@ -111,7 +111,11 @@ pub struct TrackedVolume {
 }
 
 impl TrackedVolume {
-    fn journalled(&self, offset: u64, r: Result<Appended, JournalError>) -> Result<(), VolumeError> {
+    fn journalled(
+        &self,
+        offset: u64,
+        r: Result<Appended, JournalError>,
+    ) -> Result<(), VolumeError> {
         match r {
             Ok(Appended::Logged(_)) => {}
             Ok(Appended::Overflowed) => self.events.emit(Event::JournalOverflow {

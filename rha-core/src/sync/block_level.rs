@@ -30,15 +30,23 @@ pub(crate) fn run(
         // replica computes its own answer to the first question.
         let (local, remote) = std::thread::scope(|scope| {
             let handle = scope.spawn(|| {
-                group.iter().map(|&r| Subtree::compute(master, r)).collect::<Result<Vec<_>, _>>()
+                group
+                    .iter()
+                    .map(|&r| Subtree::compute(master, r))
+                    .collect::<Result<Vec<_>, _>>()
             });
             let remote = peer.hashes(id, group);
-            let local = handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let local = handle
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
             (local, remote)
         });
         let (local, remote) = (local?, remote?);
         check_reply(group.len(), remote.len())?;
-        let group_bytes: u64 = group.iter().map(|n| n.span(size).end - n.span(size).start).sum();
+        let group_bytes: u64 = group
+            .iter()
+            .map(|n| n.span(size).end - n.span(size).start)
+            .sum();
         let mut frontier: Vec<(usize, Node)> = group
             .iter()
             .enumerate()
@@ -47,7 +55,8 @@ pub(crate) fn run(
             .collect();
         let mut leaves: Vec<u64> = Vec::new();
         loop {
-            let (done, inner): (Vec<_>, Vec<_>) = frontier.into_iter().partition(|(_, n)| n.level == 0);
+            let (done, inner): (Vec<_>, Vec<_>) =
+                frontier.into_iter().partition(|(_, n)| n.level == 0);
             leaves.extend(done.iter().map(|(_, n)| n.index));
             if inner.is_empty() {
                 break;
@@ -90,7 +99,12 @@ fn check_reply(asked: usize, got: usize) -> Result<(), SyncError> {
 fn roots(size: u64, ranges: &[Range<u64>]) -> Vec<Node> {
     let block = BLOCK_SIZE as u64;
     if ranges.len() == 1 && ranges[0] == (0..size) {
-        return (0..Node::count(TOP_LEVEL, size)).map(|index| Node { level: TOP_LEVEL, index }).collect();
+        return (0..Node::count(TOP_LEVEL, size))
+            .map(|index| Node {
+                level: TOP_LEVEL,
+                index,
+            })
+            .collect();
     }
     let mut out: Vec<Node> = Vec::new();
     for r in ranges {
@@ -145,7 +159,10 @@ fn send_leaves(
     let mut i = 0;
     while i < leaves.len() {
         let mut j = i + 1;
-        while j < leaves.len() && leaves[j] == leaves[j - 1] + 1 && (leaves[j] - leaves[i] + 1) * block <= SEND_CHUNK {
+        while j < leaves.len()
+            && leaves[j] == leaves[j - 1] + 1
+            && (leaves[j] - leaves[i] + 1) * block <= SEND_CHUNK
+        {
             j += 1;
         }
         let start = leaves[i] * block;
@@ -165,10 +182,19 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)]
     fn roots_cover_ranges_with_the_largest_aligned_nodes() {
         let mib = 1 << 20;
         let size = 1 << 30;
-        let r = roots(size, &[0..mib, mib + 4096..mib + 8192, 16 * mib..32 * mib + 5, 40 * mib..40 * mib + 1]);
+        let r = roots(
+            size,
+            &[
+                0..mib,
+                mib + 4096..mib + 8192,
+                16 * mib..32 * mib + 5,
+                40 * mib..40 * mib + 1,
+            ],
+        );
         let got: Vec<(u8, u64)> = r.iter().map(|n| (n.level, n.index)).collect();
         assert_eq!(
             got,

@@ -21,7 +21,10 @@ pub struct LocalPeer<'a> {
 
 impl std::fmt::Debug for LocalPeer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalPeer").field("volumes", &self.volumes).field("traffic", &self.traffic).finish()
+        f.debug_struct("LocalPeer")
+            .field("volumes", &self.volumes)
+            .field("traffic", &self.traffic)
+            .finish()
     }
 }
 
@@ -32,7 +35,13 @@ impl<'a> LocalPeer<'a> {
             .filter_map(|i| sink.volume(i as VolumeId).ok())
             .collect::<Vec<_>>();
         let sizes = volumes.iter().map(|v| v.size()).collect();
-        LocalPeer { sink, volumes, sizes, cache: TreeCache::default(), traffic: Traffic::default() }
+        LocalPeer {
+            sink,
+            volumes,
+            sizes,
+            cache: TreeCache::default(),
+            traffic: Traffic::default(),
+        }
     }
 
     fn volume(&self, id: VolumeId) -> Result<&Arc<dyn Volume>, SyncError> {
@@ -51,11 +60,18 @@ impl SyncPeer for LocalPeer<'_> {
         self.traffic.sent += wire::FRAME + 4 + 8 * sizes.len() as u64;
         self.traffic.received += wire::FRAME;
         if sizes.len() != self.volumes.len() {
-            return Err(SyncError::VolumeCount { master: sizes.len(), replica: self.volumes.len() });
+            return Err(SyncError::VolumeCount {
+                master: sizes.len(),
+                replica: self.volumes.len(),
+            });
         }
         for (i, (&master, v)) in sizes.iter().zip(&self.volumes).enumerate() {
             if v.size() < master {
-                return Err(SyncError::SizeMismatch { volume: i as VolumeId, master, replica: v.size() });
+                return Err(SyncError::SizeMismatch {
+                    volume: i as VolumeId,
+                    master,
+                    replica: v.size(),
+                });
             }
         }
         self.sizes = sizes.to_vec();
@@ -67,7 +83,11 @@ impl SyncPeer for LocalPeer<'_> {
         self.traffic.sent += wire::FRAME + 4 + wire::NODE_REF * nodes.len() as u64;
         self.traffic.received += wire::FRAME + (HASH_LEN * nodes.len()) as u64;
         let v = self.volume(volume)?.clone();
-        let size = self.sizes.get(volume as usize).copied().unwrap_or_else(|| v.size());
+        let size = self
+            .sizes
+            .get(volume as usize)
+            .copied()
+            .unwrap_or_else(|| v.size());
         Ok(self.cache.hashes(volume, &*v, size, nodes)?)
     }
 

@@ -113,7 +113,9 @@ impl std::str::FromStr for SyncMethod {
         match s {
             "volume" => Ok(SyncMethod::Volume),
             "block" => Ok(SyncMethod::Block),
-            other => Err(format!("unknown synchronisation method `{other}`: use `volume` or `block`")),
+            other => Err(format!(
+                "unknown synchronisation method `{other}`: use `volume` or `block`"
+            )),
         }
     }
 }
@@ -201,11 +203,20 @@ pub(crate) struct Progress<'a> {
 
 impl<'a> Progress<'a> {
     pub(crate) fn new(events: &'a Events, volume: VolumeId, total: u64) -> Self {
-        Progress { events, volume, total, done: 0, last: 0 }
+        Progress {
+            events,
+            volume,
+            total,
+            done: 0,
+            last: 0,
+        }
     }
     pub(crate) fn advance(&mut self, n: u64) {
         self.done += n;
-        Stats::add(&self.events.stats().blocks_scanned, n.div_ceil(crate::volume::BLOCK_SIZE as u64));
+        Stats::add(
+            &self.events.stats().blocks_scanned,
+            n.div_ceil(crate::volume::BLOCK_SIZE as u64),
+        );
         let step = (self.total / 100).clamp(1, 64 << 20);
         if self.done - self.last >= step || self.done == self.total {
             self.last = self.done;
@@ -231,7 +242,10 @@ pub fn synchronise(
     let volumes = source.volumes();
     let sizes: Vec<u64> = volumes.iter().map(|v| v.size()).collect();
     let replica = peer.state()?;
-    let mut report = SyncReport { method: options.method.as_str().into(), ..Default::default() };
+    let mut report = SyncReport {
+        method: options.method.as_str().into(),
+        ..Default::default()
+    };
     let mut use_log = options.skip_unchanged
         && !options.force_full_verification
         && replica.synced
@@ -245,6 +259,7 @@ pub fn synchronise(
         peer.begin_sync(&sizes)?;
         let plan: Vec<Vec<Range<u64>>> = (0..volumes.len())
             .map(|i| {
+                #[allow(clippy::single_range_in_vec_init)] // one range: the whole volume
                 let full = vec![0..sizes[i]];
                 if use_log {
                     source.dirty_ranges(i as VolumeId).unwrap_or(full)
@@ -267,8 +282,12 @@ pub fn synchronise(
             let total = ranges.iter().map(|r| r.end - r.start).sum();
             let mut progress = Progress::new(events, id, total);
             let copied = match options.method {
-                SyncMethod::Volume => volume_level::run(id, &*volumes[i], peer, ranges, &mut progress)?,
-                SyncMethod::Block => block_level::run(id, &*volumes[i], peer, ranges, &mut progress)?,
+                SyncMethod::Volume => {
+                    volume_level::run(id, &*volumes[i], peer, ranges, &mut progress)?
+                }
+                SyncMethod::Block => {
+                    block_level::run(id, &*volumes[i], peer, ranges, &mut progress)?
+                }
             };
             let stats = events.stats();
             Stats::add(&stats.blocks_changed, copied.blocks_changed);
@@ -298,7 +317,9 @@ pub fn synchronise(
                 events.emit(Event::AllSyncChangesReplicated { seq });
                 break;
             }
-            Err(SyncError::Source(SourceError::Gap { .. })) if report.passes < options.max_passes => {
+            Err(SyncError::Source(SourceError::Gap { .. }))
+                if report.passes < options.max_passes =>
+            {
                 // The journal overflowed during the pass: another pass over
                 // the regions written meanwhile (the replica is synchronised now).
                 use_log = true;
@@ -329,7 +350,9 @@ pub fn catch_up(
     let mut at = after;
     let mut replayed = 0;
     while at < target {
-        let Some((seq, n)) = replicate_once(source, peer, at, batch_bytes, events)? else { break };
+        let Some((seq, n)) = replicate_once(source, peer, at, batch_bytes, events)? else {
+            break;
+        };
         at = seq;
         replayed += n;
     }
@@ -391,7 +414,10 @@ pub fn replicate_until_idle(
         }
     }
     let stats = events.stats().snapshot();
-    events.emit(Event::ReplicationLag { records: stats.lag_records, bytes: stats.lag_bytes });
+    events.emit(Event::ReplicationLag {
+        records: stats.lag_records,
+        bytes: stats.lag_bytes,
+    });
     Ok(at)
 }
 

@@ -33,7 +33,10 @@ pub(crate) fn run(
                     let n = (CHUNK as u64).min(range.end - at) as usize;
                     let mut buf = empty_rx.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
                     buf.resize(n, 0);
-                    let item = master.read_at(at, &mut buf).map(|()| (at, buf)).map_err(SyncError::from);
+                    let item = master
+                        .read_at(at, &mut buf)
+                        .map(|()| (at, buf))
+                        .map_err(SyncError::from);
                     let failed = item.is_err();
                     if full_tx.send(item).is_err() || failed {
                         return;
@@ -58,14 +61,26 @@ pub(crate) fn run(
 }
 
 /// Sends one chunk as alternating runs of data and zeros; returns the bytes of data sent.
-pub(crate) fn send_chunk(id: VolumeId, peer: &mut dyn SyncPeer, at: u64, buf: &[u8]) -> Result<u64, SyncError> {
+pub(crate) fn send_chunk(
+    id: VolumeId,
+    peer: &mut dyn SyncPeer,
+    at: u64,
+    buf: &[u8],
+) -> Result<u64, SyncError> {
     let mut data = 0;
     let mut run_start = 0usize;
     let mut run_zero: Option<bool> = None;
     for (i, block) in buf.chunks(BLOCK_SIZE).enumerate() {
         let zero = is_zero(block);
         if run_zero.is_some_and(|z| z != zero) {
-            data += flush_run(id, peer, at, buf, run_start..i * BLOCK_SIZE, run_zero == Some(true))?;
+            data += flush_run(
+                id,
+                peer,
+                at,
+                buf,
+                run_start..i * BLOCK_SIZE,
+                run_zero == Some(true),
+            )?;
             run_start = i * BLOCK_SIZE;
         }
         run_zero = Some(zero);
