@@ -145,6 +145,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     drop(peer);
     drop(events);
     let journal_left = set.journal().bytes();
+    // The set holds the last handle on the event hub: dropping it ends the printer.
+    drop(set);
 
     let mut equal = true;
     for (i, m) in master.iter().enumerate() {
@@ -213,6 +215,7 @@ fn make_system_disk(dir: &Path, path: &Path, size_mib: u64) -> Result<&'static s
         .arg(&files)
         .arg(path)
         .arg(format!("{size_mib}M"))
+        .stdout(std::process::Stdio::null())
         .status();
     if matches!(made, Ok(s) if s.success()) {
         return Ok("ext4, made with mkfs.ext4 -d");
