@@ -25,6 +25,28 @@
 //! - [`scenario`]: the scenario model, TOML loading and validation.
 //! - [`events`]: typed events and statistics counters.
 //!
+//! # Example
+//! ```
+//! use std::sync::Arc;
+//! use rha_core::events::Events;
+//! use rha_core::sink::{MemSink, ReplicaSink};
+//! use rha_core::source::StaticSource;
+//! use rha_core::sync::{synchronise, LocalPeer, SyncMethod, SyncOptions};
+//! use rha_core::volume::{MemVolume, Volume};
+//!
+//! let master = Arc::new(MemVolume::new(1 << 20)?);
+//! master.write_at(8192, b"hello")?;
+//! let source = StaticSource::new(vec![master.clone() as Arc<dyn Volume>]);
+//! let sink = MemSink::new(&[1 << 20])?;
+//! let mut peer = LocalPeer::new(&sink);
+//! let report = synchronise(&source, &mut peer, &SyncOptions::new(SyncMethod::Block), &Events::new())?;
+//! assert!(report.consistent);
+//! let mut buf = [0u8; 5];
+//! sink.volume(0)?.read_at(8192, &mut buf)?;
+//! assert_eq!(&buf, b"hello");
+//! # Ok::<(), rha_core::Error>(())
+//! ```
+//!
 
 pub mod error;
 pub mod events;

@@ -129,6 +129,22 @@ pub struct JournalConfig {
     pub region_bytes: u64,
 }
 
+impl From<&crate::scenario::JournalSettings> for JournalConfig {
+    /// The journal a scenario's `[journal]` section asks for.
+    fn from(s: &crate::scenario::JournalSettings) -> Self {
+        use crate::scenario::FsyncPolicy as F;
+        JournalConfig {
+            max_bytes: s.max_size_mb.saturating_mul(1 << 20),
+            fsync: match s.fsync {
+                F::Always => FsyncPolicy::Always,
+                F::Interval => FsyncPolicy::Interval(Duration::from_millis(s.fsync_interval_ms)),
+                F::Never => FsyncPolicy::Never,
+            },
+            ..JournalConfig::default()
+        }
+    }
+}
+
 /// Most bits of one change-log generation (over all volumes): 2 MiB of bitmap.
 pub const MAX_CHANGE_LOG_BITS: u64 = 1 << 24;
 

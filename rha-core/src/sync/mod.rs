@@ -23,7 +23,7 @@ mod volume_level;
 use std::ops::Range;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use local::LocalPeer;
 
@@ -87,38 +87,7 @@ pub struct Traffic {
     pub received: u64,
 }
 
-/// How a synchronisation copies data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMethod {
-    /// Copy every used (non-zero) block; zero ranges become holes. Best for an empty replica.
-    Volume,
-    /// Compare block hashes and send only what differs. Best when the replica holds an older copy.
-    Block,
-}
-
-impl SyncMethod {
-    /// `volume` or `block`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncMethod::Volume => "volume",
-            SyncMethod::Block => "block",
-        }
-    }
-}
-
-impl std::str::FromStr for SyncMethod {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "volume" => Ok(SyncMethod::Volume),
-            "block" => Ok(SyncMethod::Block),
-            other => Err(format!(
-                "unknown synchronisation method `{other}`: use `volume` or `block`"
-            )),
-        }
-    }
-}
+pub use crate::scenario::SyncMethod;
 
 /// Settings of a synchronisation.
 #[derive(Debug, Clone)]
@@ -147,6 +116,18 @@ impl SyncOptions {
             force_full_verification: false,
             batch_bytes: 4 << 20,
             max_passes: 8,
+        }
+    }
+}
+
+impl From<&crate::scenario::SyncSettings> for SyncOptions {
+    /// The options a scenario's `[sync]` section asks for.
+    fn from(s: &crate::scenario::SyncSettings) -> Self {
+        SyncOptions {
+            method: s.method,
+            skip_unchanged: s.skip_unchanged,
+            force_full_verification: s.force_full_verification,
+            ..SyncOptions::new(s.method)
         }
     }
 }
