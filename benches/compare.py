@@ -128,10 +128,15 @@ def main():
     assert same(new, dst), "rha volume-level sync left a different image"
     os.remove(dst)
 
-    # 4. fast resync from the change log.
-    warm(old)
-    _, out = timed([os.path.join(ex, "fast_resync"), old, work])
-    fr = json.loads(out)
+    # 4. fast resync from the change log: three runs, the median (the fast
+    # path is short enough for page-cache and writeback noise to show).
+    runs = []
+    for _ in range(3):
+        warm(old)
+        _, out = timed([os.path.join(ex, "fast_resync"), old, work])
+        runs.append(json.loads(out))
+    runs.sort(key=lambda r: r["ratio"])
+    fr = runs[1]
 
     def mb(n):
         return f"{n / 1e6:,.1f} MB"
@@ -147,9 +152,10 @@ def main():
     print(f"speed-up over rsync: {rs_s / blk['seconds']:.1f}x (target >= 5x); "
           f"bytes sent within {blk['bytes_sent'] / changed:.2f}x of changed (target <= 1.2x)")
     print()
+    ratios = ", ".join(f"{r['ratio']:.3f}" for r in runs)
     print(f"fast resync from the change log: {fr['fast_seconds']:.3f}s, scanned {mb(fr['fast_bytes_scanned'])}; "
           f"full block compare of the same state: {fr['full_seconds']:.2f}s, scanned {mb(fr['full_bytes_scanned'])}; "
-          f"ratio {fr['ratio']:.3f} (target < 0.1)")
+          f"ratio {fr['ratio']:.3f} (median of 3: {ratios}; target < 0.1)")
     print(f"volume-level sync from page cache: {vol['seconds']:.2f}s = {size / vol['seconds'] / 1e9:.2f} GB/s "
           f"(target >= 1 GB/s), sent {mb(vol['bytes_sent'])}")
     print(f"peak RSS: block-level {blk['peak_rss_bytes'] / MIB:.1f} MiB, volume-level {vol['peak_rss_bytes'] / MIB:.1f} MiB "

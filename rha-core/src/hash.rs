@@ -17,7 +17,7 @@
 //! volume costs one hash per 256 MiB. Nodes at the end of a volume simply have
 //! fewer children; a partial last block is hashed as it is.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 
 use crate::volume::{is_zero, Volume, VolumeError, BLOCK_SIZE};
@@ -33,8 +33,12 @@ pub const HASH_LEN: usize = 16;
 /// A 128-bit BLAKE3 digest of a block or of a node's children.
 pub type Hash = [u8; HASH_LEN];
 
-const LEAF_DOMAIN: u8 = 0;
-const NODE_DOMAIN: u8 = 1;
+/// BLAKE3 key of leaf hashes. Leaves and nodes use different keys, so a
+/// block can never be mistaken for a list of child hashes (domain
+/// separation without an extra byte that would break 4 KiB chunk alignment).
+const LEAF_KEY: [u8; 32] = *b"rha block-tree leaf hash key v1.";
+/// BLAKE3 key of node hashes.
+const NODE_KEY: [u8; 32] = *b"rha block-tree node hash key v1.";
 
 /// Bytes covered by one node of `level`.
 pub const fn level_span(level: u8) -> u64 {
@@ -94,26 +98,23 @@ pub fn leaf_hash(block: &[u8]) -> Hash {
     if block.len() == BLOCK_SIZE && is_zero(block) {
         return zero_leaf();
     }
-    digest(LEAF_DOMAIN, block)
+    digest(&LEAF_KEY, block)
 }
 
 /// The leaf hash of an all-zero full block.
 pub fn zero_leaf() -> Hash {
     static ZERO: std::sync::OnceLock<Hash> = std::sync::OnceLock::new();
-    *ZERO.get_or_init(|| digest(LEAF_DOMAIN, &[0u8; BLOCK_SIZE]))
+    *ZERO.get_or_init(|| digest(&LEAF_KEY, &[0u8; BLOCK_SIZE]))
 }
 
 /// The hash of a node from its children's hashes.
 pub fn node_hash(children: &[Hash]) -> Hash {
-    digest(NODE_DOMAIN, children.as_flattened())
+    digest(&NODE_KEY, children.as_flattened())
 }
 
-fn digest(domain: u8, bytes: &[u8]) -> Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(&[domain]);
-    h.update(bytes);
+fn digest(key: &[u8; 32], bytes: &[u8]) -> Hash {
     let mut out = [0u8; HASH_LEN];
-    out.copy_from_slice(&h.finalize().as_bytes()[..HASH_LEN]);
+    out.copy_from_slice(&blake3::keyed_hash(key, bytes).as_bytes()[..HASH_LEN]);
     out
 }
 
@@ -200,9 +201,15 @@ impl Subtree {
 
 /// A bounded cache of subtrees, so that the replica side of a comparison
 /// reads each block once however many levels the master asks about.
+///
+/// Subtrees are found by their root; a node is answered from the cached
+/// subtree of itself or of one of its ancestors (at most [`TOP_LEVEL`] + 1
+/// lookups). The oldest subtrees are dropped first once the budget is used.
 #[derive(Debug)]
 pub struct TreeCache {
-    entries: VecDeque<(VolumeId, Subtree)>,
+    trees: HashMap<(VolumeId, Node), Subtree>,
+    order: VecDeque<(VolumeId, Node)>,
+    used: usize,
     budget: usize,
 }
 
@@ -216,12 +223,15 @@ impl TreeCache {
     /// A cache that holds at most about `budget` bytes of hashes.
     pub fn new(budget: usize) -> Self {
         TreeCache {
-            entries: VecDeque::new(),
+            trees: HashMap::new(),
+            order: VecDeque::new(),
+            used: 0,
             budget,
         }
     }
 
-    /// The hash of every node in `nodes`, computing subtrees that are not cached.
+    /// The hash of every node in `nodes` of a volume seen as `size` bytes
+    /// long, computing the subtrees that are not cached.
     pub fn hashes(
         &mut self,
         id: VolumeId,
@@ -231,13 +241,7 @@ impl TreeCache {
     ) -> Result<Vec<Hash>, VolumeError> {
         let mut out = Vec::with_capacity(nodes.len());
         for &node in nodes {
-            let cached = self
-                .entries
-                .iter()
-                .rev()
-                .filter(|(v, _)| *v == id)
-                .find_map(|(_, t)| t.get(node));
-            let hash = match cached {
+            let hash = match self.lookup(id, node) {
                 Some(h) => h,
                 None => {
                     let tree = Subtree::compute_sized(volume, size, node)?;
@@ -251,19 +255,39 @@ impl TreeCache {
         Ok(out)
     }
 
+    fn lookup(&self, id: VolumeId, node: Node) -> Option<Hash> {
+        (node.level..=TOP_LEVEL).find_map(|level| {
+            let up = FANOUT.pow(u32::from(level - node.level));
+            let root = Node {
+                level,
+                index: node.index / up,
+            };
+            self.trees.get(&(id, root)).and_then(|t| t.get(node))
+        })
+    }
+
     fn insert(&mut self, id: VolumeId, tree: Subtree) {
-        self.entries.push_back((id, tree));
-        let mut used: usize = self.entries.iter().map(|(_, t)| t.footprint()).sum();
-        while used > self.budget && self.entries.len() > 1 {
-            if let Some((_, old)) = self.entries.pop_front() {
-                used -= old.footprint();
+        let key = (id, tree.root());
+        self.used += tree.footprint();
+        if let Some(old) = self.trees.insert(key, tree) {
+            self.used -= old.footprint();
+        } else {
+            self.order.push_back(key);
+        }
+        while self.used > self.budget && self.order.len() > 1 {
+            if let Some(k) = self.order.pop_front() {
+                if let Some(old) = self.trees.remove(&k) {
+                    self.used -= old.footprint();
+                }
             }
         }
     }
 
     /// Forgets everything (call after the volume was written).
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.trees.clear();
+        self.order.clear();
+        self.used = 0;
     }
 }
 
@@ -323,5 +347,16 @@ mod tests {
         assert_eq!(node_hash(&k), r[0], "children come from the cached subtree");
         c.clear();
         assert_ne!(c.hashes(0, &v, v.size(), &[root]).unwrap(), r);
+    }
+
+    #[test]
+    fn cache_stays_within_its_budget() {
+        let v = MemVolume::new(level_span(2)).unwrap();
+        let leaf_tree = std::mem::size_of::<Hash>();
+        let mut c = TreeCache::new(10 * leaf_tree);
+        let leaves: Vec<Node> = (0..100).map(|index| Node { level: 0, index }).collect();
+        let h = c.hashes(0, &v, v.size(), &leaves).unwrap();
+        assert!(h.iter().all(|x| *x == zero_leaf()));
+        assert!(c.used <= 10 * leaf_tree && c.trees.len() == c.order.len());
     }
 }

@@ -23,8 +23,20 @@ pub(crate) fn run(
     progress: &mut Progress<'_>,
 ) -> Result<Copied, SyncError> {
     let size = master.size();
-    let roots = roots(size, ranges);
+    let (single, roots): (Vec<Node>, Vec<Node>) =
+        roots(size, ranges).into_iter().partition(|n| n.level == 0);
     let mut copied = Copied::default();
+    // A dirty range of one block: the change log pinpoints a written block,
+    // so it is sent without a comparison (which would cost both sides a read
+    // and a hash to save only an idempotent rewrite).
+    let leaves: Vec<u64> = single.iter().map(|n| n.index).collect();
+    send_leaves(id, master, peer, &leaves, &mut copied)?;
+    let single_bytes: u64 = single
+        .iter()
+        .map(|n| n.span(size).end - n.span(size).start)
+        .sum();
+    copied.bytes_scanned += single_bytes;
+    progress.advance(single_bytes);
     for group in groups(&roots) {
         // The master's trees are computed on another thread while the
         // replica computes its own answer to the first question.
