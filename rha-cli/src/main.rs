@@ -178,7 +178,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Scenario(ScenarioCommand::Validate { file }) => {
             let scenario = Scenario::load(&file)?;
             let validation = scenario.validate();
-            print!("{validation}");
+            println!("{}", validation.to_string().trim_end());
             Ok(if validation.is_ok() {
                 ExitCode::SUCCESS
             } else {

@@ -181,7 +181,11 @@ fn send_leaves(
         let end = ((leaves[j - 1] + 1) * block).min(size);
         buf.resize((end - start) as usize, 0);
         master.read_at(start, &mut buf)?;
-        send_chunk(id, peer, start, &buf)?;
+        let mut zero_run = None;
+        send_chunk(id, peer, start, &buf, &mut zero_run)?;
+        if let Some((s, n)) = zero_run {
+            peer.zero(id, s, n)?;
+        }
         copied.blocks_changed += (j - i) as u64;
         copied.changed_bytes += end - start;
         i = j;

@@ -45,9 +45,11 @@ pub(crate) fn run(
                 }
             }
         });
+        // A zero run may span chunks: it is sent once, when data follows or at the end.
+        let mut zero_run: Option<(u64, u64)> = None;
         for item in full_rx {
             let (at, buf) = item?;
-            let data = send_chunk(id, peer, at, &buf)?;
+            let data = send_chunk(id, peer, at, &buf, &mut zero_run)?;
             copied.changed_bytes += data;
             copied.blocks_changed += data.div_ceil(BLOCK_SIZE as u64);
             copied.bytes_scanned += buf.len() as u64;
@@ -55,57 +57,50 @@ pub(crate) fn run(
             // The reader may be gone already; then the buffer is simply dropped.
             let _ = empty_tx.send(buf);
         }
+        if let Some((start, len)) = zero_run {
+            peer.zero(id, start, len)?;
+        }
         Ok(())
     })?;
     Ok(copied)
 }
 
-/// Sends one chunk as alternating runs of data and zeros; returns the bytes of data sent.
+/// Sends one chunk as runs of data; zero blocks extend `zero_run` (offset,
+/// length), which is sent when data follows it. Returns the bytes of data sent.
 pub(crate) fn send_chunk(
     id: VolumeId,
     peer: &mut dyn SyncPeer,
     at: u64,
     buf: &[u8],
+    zero_run: &mut Option<(u64, u64)>,
 ) -> Result<u64, SyncError> {
     let mut data = 0;
-    let mut run_start = 0usize;
-    let mut run_zero: Option<bool> = None;
+    let mut run_start: Option<usize> = None;
     for (i, block) in buf.chunks(BLOCK_SIZE).enumerate() {
-        let zero = is_zero(block);
-        if run_zero.is_some_and(|z| z != zero) {
-            data += flush_run(
-                id,
-                peer,
-                at,
-                buf,
-                run_start..i * BLOCK_SIZE,
-                run_zero == Some(true),
-            )?;
-            run_start = i * BLOCK_SIZE;
+        let offset = at + (i * BLOCK_SIZE) as u64;
+        if is_zero(block) {
+            if let Some(start) = run_start.take() {
+                peer.write(id, at + start as u64, &buf[start..i * BLOCK_SIZE])?;
+                data += (i * BLOCK_SIZE - start) as u64;
+            }
+            *zero_run = match *zero_run {
+                Some((s, n)) if s + n == offset => Some((s, n + block.len() as u64)),
+                Some((s, n)) => {
+                    peer.zero(id, s, n)?;
+                    Some((offset, block.len() as u64))
+                }
+                None => Some((offset, block.len() as u64)),
+            };
+        } else {
+            if let Some((s, n)) = zero_run.take() {
+                peer.zero(id, s, n)?;
+            }
+            run_start.get_or_insert(i * BLOCK_SIZE);
         }
-        run_zero = Some(zero);
     }
-    if let Some(z) = run_zero {
-        data += flush_run(id, peer, at, buf, run_start..buf.len(), z)?;
+    if let Some(start) = run_start {
+        peer.write(id, at + start as u64, &buf[start..])?;
+        data += (buf.len() - start) as u64;
     }
     Ok(data)
-}
-
-fn flush_run(
-    id: VolumeId,
-    peer: &mut dyn SyncPeer,
-    at: u64,
-    buf: &[u8],
-    run: Range<usize>,
-    zero: bool,
-) -> Result<u64, SyncError> {
-    let offset = at + run.start as u64;
-    if zero {
-        peer.zero(id, offset, run.len() as u64)?;
-        Ok(0)
-    } else {
-        let n = run.len() as u64;
-        peer.write(id, offset, &buf[run])?;
-        Ok(n)
-    }
 }

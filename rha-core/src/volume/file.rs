@@ -206,6 +206,23 @@ impl FileVolume {
         }
     }
 
+    /// True when the file holds no data (only a hole) in `len` bytes at
+    /// `offset`, as `SEEK_DATA` reports; false when unknown.
+    fn is_hole(&self, offset: u64, len: u64) -> bool {
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return false;
+        };
+        // SAFETY: lseek only reads its integer arguments; the descriptor stays
+        // valid for the call because `self.file` is borrowed. The file position
+        // it moves is never used (all I/O is positional).
+        let next = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_DATA) };
+        if next < 0 {
+            // ENXIO: no data at or after `offset`.
+            return io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+        }
+        u64::try_from(next).is_ok_and(|n| n >= offset.saturating_add(len))
+    }
+
     /// Writes zeros over `len` bytes at `offset` from a bounded buffer.
     fn fill_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         let chunk = usize::try_from(len).map_or(ZERO_FILL_CHUNK, |l| l.min(ZERO_FILL_CHUNK));
@@ -264,6 +281,11 @@ impl Volume for FileVolume {
         check_range(self, "zero", offset, len)?;
         self.check_writable("zero")?;
         if len == 0 {
+            return Ok(());
+        }
+        if self.is_hole(offset, len) {
+            // Already unallocated: punching again would cost a journal
+            // transaction on ext4 for nothing.
             return Ok(());
         }
         match self.punch_hole(offset, len) {
