@@ -11,7 +11,7 @@ use rha_core::journal::{FsyncPolicy, JournalConfig, Record};
 use rha_core::sink::{MemSink, ReplicaSink, ReplicaState};
 use rha_core::source::{ChangeSource, StaticSource, TrackedSet, TrackedVolume};
 use rha_core::sync::{
-    synchronise, LocalPeer, SyncError, SyncMethod, SyncOptions, SyncPeer, Traffic,
+    synchronise, LocalPeer, SyncError, SyncMethod, SyncOptions, SyncPeer, SyncReport, Traffic,
 };
 use rha_core::volume::{MemVolume, Volume};
 use rha_core::{Seq, VolumeId};
@@ -35,6 +35,22 @@ fn assert_same(master: &[Arc<dyn Volume>], sink: &dyn ReplicaSink) {
             panic!("volume {i} differs from the master first at byte {at}");
         }
     }
+}
+
+/// One synchronisation of `source` into `sink` with default options.
+fn sync_with(
+    source: &dyn ChangeSource,
+    sink: &dyn ReplicaSink,
+    method: SyncMethod,
+    events: &Events,
+) -> SyncReport {
+    synchronise(
+        source,
+        &mut LocalPeer::new(sink),
+        &SyncOptions::new(method),
+        events,
+    )
+    .unwrap()
 }
 
 fn noisy_volume(size: u64, seed: u64) -> Arc<dyn Volume> {
@@ -111,22 +127,8 @@ fn block_level_on_an_unchanged_volume_costs_almost_nothing() {
     let sink = MemSink::new(&[300 * MIB]).unwrap();
     let source = StaticSource::new(master.clone());
     let events = Events::new();
-    let mut peer = LocalPeer::new(&sink);
-    synchronise(
-        &source,
-        &mut peer,
-        &SyncOptions::new(SyncMethod::Volume),
-        &events,
-    )
-    .unwrap();
-    let mut peer = LocalPeer::new(&sink);
-    let report = synchronise(
-        &source,
-        &mut peer,
-        &SyncOptions::new(SyncMethod::Block),
-        &events,
-    )
-    .unwrap();
+    sync_with(&source, &sink, SyncMethod::Volume, &events);
+    let report = sync_with(&source, &sink, SyncMethod::Block, &events);
     assert_eq!(report.blocks_changed, 0);
     assert!(
         report.bytes_sent + report.bytes_received < 1024,
@@ -135,14 +137,7 @@ fn block_level_on_an_unchanged_volume_costs_almost_nothing() {
 
     // One changed block costs one block plus a few hashes per level.
     master[0].write_at(123 * MIB + 4096 * 7 + 5, b"x").unwrap();
-    let mut peer = LocalPeer::new(&sink);
-    let report = synchronise(
-        &source,
-        &mut peer,
-        &SyncOptions::new(SyncMethod::Block),
-        &events,
-    )
-    .unwrap();
+    let report = sync_with(&source, &sink, SyncMethod::Block, &events);
     assert_eq!(report.blocks_changed, 1);
     assert!(report.bytes_sent < 4096 + 1024, "{report:?}");
     assert!(report.bytes_received < 4 * 16 * 16 + 512, "{report:?}");
@@ -312,14 +307,7 @@ fn fast_resync_compares_only_what_the_change_log_marks() {
     let set = tracked(dir.path(), &master, 256 << 10);
     let sink = MemSink::new(&[64 * MIB]).unwrap();
     let events = Events::new();
-    let mut peer = LocalPeer::new(&sink);
-    synchronise(
-        &set,
-        &mut peer,
-        &SyncOptions::new(SyncMethod::Block),
-        &events,
-    )
-    .unwrap();
+    sync_with(&set, &sink, SyncMethod::Block, &events);
 
     // Enough writes to overflow the journal: the change log takes over.
     let rx = events.subscribe();
@@ -335,14 +323,7 @@ fn fast_resync_compares_only_what_the_change_log_marks() {
     );
     drop(rx);
 
-    let mut peer = LocalPeer::new(&sink);
-    let report = synchronise(
-        &set,
-        &mut peer,
-        &SyncOptions::new(SyncMethod::Block),
-        &events,
-    )
-    .unwrap();
+    let report = sync_with(&set, &sink, SyncMethod::Block, &events);
     assert!(report.used_change_log, "{report:?}");
     assert!(
         report.bytes_scanned <= 3 * MIB,
@@ -369,19 +350,13 @@ fn replication_after_sync_keeps_the_replica_equal_and_reports_lag() {
     let sink = MemSink::new(&[4 * MIB]).unwrap();
     let events = Events::new();
     let rx = events.subscribe();
-    let mut peer = LocalPeer::new(&sink);
-    synchronise(
-        &set,
-        &mut peer,
-        &SyncOptions::new(SyncMethod::Volume),
-        &events,
-    )
-    .unwrap();
+    sync_with(&set, &sink, SyncMethod::Volume, &events);
     let v = set.volume(0).unwrap();
     for i in 0..50u64 {
         v.write_at(i * 12345, &[i as u8; 3000]).unwrap();
     }
     v.write_zeroes(MIB, 8192).unwrap();
+    let mut peer = LocalPeer::new(&sink);
     let seq =
         rha_core::sync::replicate_until_idle(&set, &mut peer, 16 << 10, 1000, &events).unwrap();
     assert_eq!(seq, set.last_seq());
@@ -407,22 +382,8 @@ fn unknown_dirty_ranges_mean_a_full_compare() {
     assert!(source.dirty_ranges(0).is_none());
     let sink = MemSink::new(&[2 * MIB]).unwrap();
     let events = Events::new();
-    let mut peer = LocalPeer::new(&sink);
-    synchronise(
-        &source,
-        &mut peer,
-        &SyncOptions::new(SyncMethod::Block),
-        &events,
-    )
-    .unwrap();
-    let mut peer = LocalPeer::new(&sink);
-    let r = synchronise(
-        &source,
-        &mut peer,
-        &SyncOptions::new(SyncMethod::Block),
-        &events,
-    )
-    .unwrap();
+    sync_with(&source, &sink, SyncMethod::Block, &events);
+    let r = sync_with(&source, &sink, SyncMethod::Block, &events);
     assert!(!r.used_change_log);
     assert_eq!(r.bytes_scanned, 2 * MIB);
 }

@@ -86,6 +86,14 @@ pub struct Record {
 }
 
 impl Record {
+    /// Bytes of data the record carries (0 for a zero record).
+    pub fn data_bytes(&self) -> u64 {
+        match &self.payload {
+            Payload::Data(d) => d.len() as u64,
+            Payload::Zero(_) => 0,
+        }
+    }
+
     /// Number of volume bytes the record covers.
     pub fn len(&self) -> u64 {
         match &self.payload {

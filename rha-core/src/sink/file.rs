@@ -261,14 +261,7 @@ impl ReplicaSink for FileSink {
 
     fn mark_consistent(&self, seq: Seq) -> Result<(), SinkError> {
         let mut file = self.lock();
-        if seq > file.state.applied {
-            return Err(SinkError::Mismatch {
-                what: format!(
-                    "cannot be consistent at sequence {seq}: only {} was applied",
-                    file.state.applied
-                ),
-            });
-        }
+        super::check_consistent(&file.state, seq)?;
         file.state.consistent = true;
         write_state(&self.dir, &file)
     }

@@ -88,14 +88,7 @@ impl ReplicaSink for MemSink {
 
     fn mark_consistent(&self, seq: Seq) -> Result<(), SinkError> {
         let mut state = self.lock();
-        if seq > state.applied {
-            return Err(SinkError::Mismatch {
-                what: format!(
-                    "cannot be consistent at sequence {seq}: only {} was applied",
-                    state.applied
-                ),
-            });
-        }
+        super::check_consistent(&state, seq)?;
         state.consistent = true;
         Ok(())
     }

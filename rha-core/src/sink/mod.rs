@@ -108,6 +108,19 @@ pub(crate) fn unapplied(applied: Seq, records: &[Record]) -> Result<&[Record], S
     }
 }
 
+/// Refuses to call a replica consistent at a sequence it has not applied.
+pub(crate) fn check_consistent(state: &ReplicaState, seq: Seq) -> Result<(), SinkError> {
+    if seq > state.applied {
+        return Err(SinkError::Mismatch {
+            what: format!(
+                "cannot be consistent at sequence {seq}: only {} was applied",
+                state.applied
+            ),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn volume_at(
     volumes: &[Arc<dyn Volume>],
     id: VolumeId,

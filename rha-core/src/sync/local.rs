@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{wire, SyncError, SyncPeer, Traffic};
 use crate::hash::{Hash, Node, TreeCache, HASH_LEN};
-use crate::journal::{Payload, Record};
+use crate::journal::Record;
 use crate::sink::{ReplicaSink, ReplicaState};
 use crate::volume::Volume;
 use crate::{Seq, VolumeId};
@@ -109,13 +109,7 @@ impl SyncPeer for LocalPeer<'_> {
     }
 
     fn apply(&mut self, records: &[Record]) -> Result<Seq, SyncError> {
-        let data: u64 = records
-            .iter()
-            .map(|r| match &r.payload {
-                Payload::Data(d) => d.len() as u64,
-                Payload::Zero(_) => 0,
-            })
-            .sum();
+        let data: u64 = records.iter().map(Record::data_bytes).sum();
         self.traffic.sent += wire::FRAME + 4 + wire::RECORD_HEADER * records.len() as u64 + data;
         self.traffic.received += wire::FRAME + 8;
         self.cache.clear();

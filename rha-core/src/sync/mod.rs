@@ -29,7 +29,7 @@ pub use local::LocalPeer;
 
 use crate::events::{Event, Events, Stats};
 use crate::hash::{Hash, Node};
-use crate::journal::{Payload, Record};
+use crate::journal::Record;
 use crate::sink::{ReplicaState, SinkError};
 use crate::source::{ChangeSource, SourceError};
 use crate::volume::VolumeError;
@@ -358,13 +358,7 @@ pub fn replicate_once(
     source.acknowledge(acked)?;
     let t1 = peer.traffic();
     let stats = events.stats();
-    let bytes: u64 = records
-        .iter()
-        .map(|r| match &r.payload {
-            Payload::Data(d) => d.len() as u64,
-            Payload::Zero(_) => 0,
-        })
-        .sum();
+    let bytes: u64 = records.iter().map(Record::data_bytes).sum();
     Stats::add(&stats.sent_bytes, t1.sent - t0.sent);
     Stats::add(&stats.received_bytes, t1.received - t0.received);
     Stats::add(&stats.changed_bytes, bytes);
