@@ -81,8 +81,8 @@ impl RescanSource {
             }
             maps.push((path, file));
             if !existed || len == 0 {
-                let src = RescanSource::scan_volume_into_map(&**v, &maps[i], None)?;
-                debug_assert_eq!(src, 0);
+                // A first map records the current contents without journalling them.
+                RescanSource::scan_volume_into_map(&**v, &maps[i], None)?;
             }
         }
         Ok((

@@ -230,27 +230,28 @@ pub fn synchronise(
     let mut use_log = options.skip_unchanged
         && !options.force_full_verification
         && replica.synced
-        && replica.applied >= source.acknowledged()
-        && (0..volumes.len()).all(|i| source.dirty_ranges(i as VolumeId).is_some());
+        && replica.applied >= source.acknowledged();
     loop {
         report.passes += 1;
         let pass_started = Instant::now();
         let pass_traffic = peer.traffic();
         let base = source.resync_started()?;
         peer.begin_sync(&sizes)?;
+        // Each volume: the change log's dirty ranges where the log applies
+        // and the source keeps one, otherwise the whole volume.
         let plan: Vec<Vec<Range<u64>>> = (0..volumes.len())
             .map(|i| {
-                #[allow(clippy::single_range_in_vec_init)] // one range: the whole volume
-                let full = vec![0..sizes[i]];
-                if use_log {
-                    source.dirty_ranges(i as VolumeId).unwrap_or(full)
+                let dirty = if use_log {
+                    source.dirty_ranges(i as VolumeId)
                 } else {
-                    full
-                }
+                    None
+                };
+                report.used_change_log |= dirty.is_some();
+                #[allow(clippy::single_range_in_vec_init)] // one range: the whole volume
+                dirty.unwrap_or_else(|| vec![0..sizes[i]])
             })
             .collect();
         let planned: u64 = plan.iter().flatten().map(|r| r.end - r.start).sum();
-        report.used_change_log |= use_log;
         report.bytes_skipped += sizes.iter().sum::<u64>() - planned;
         events.emit(Event::SyncStarted {
             method: options.method.as_str().into(),
