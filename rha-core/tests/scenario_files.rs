@@ -470,6 +470,7 @@ proptest! {
                 system,
                 exclude,
                 size_bytes: size.map(u64::from),
+                path: None,
             })
             .collect();
         s.is_alive.interval_secs = interval;

@@ -99,12 +99,14 @@ impl Scenario {
                         system: true,
                         exclude: false,
                         size_bytes: None,
+                        path: None,
                     },
                     VolumeSpec {
                         id: "/boot".to_owned(),
                         system: false,
                         exclude: false,
                         size_bytes: None,
+                        path: None,
                     },
                 ],
                 sync: SyncSettings::default(),
@@ -155,6 +157,7 @@ impl Scenario {
                     private_ip: None,
                     public_ip: false,
                 },
+                capture: Capture::default(),
             },
             Template::Azure => Scenario {
                 name: "sql01-azure-ha".to_owned(),
@@ -181,12 +184,14 @@ impl Scenario {
                         system: true,
                         exclude: false,
                         size_bytes: None,
+                        path: None,
                     },
                     VolumeSpec {
                         id: "D:".to_owned(),
                         system: false,
                         exclude: false,
                         size_bytes: None,
+                        path: None,
                     },
                 ],
                 sync: SyncSettings::default(),
@@ -227,6 +232,7 @@ impl Scenario {
                     private_ip: Some("10.20.1.10".to_owned()),
                     public_ip: false,
                 },
+                capture: Capture::default(),
             },
         }
     }

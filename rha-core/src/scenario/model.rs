@@ -57,6 +57,50 @@ pub struct Scenario {
     /// The network the switchover virtual machine is attached to.
     #[serde(default)]
     pub network: Network,
+    /// How the master engine captures changes.
+    #[serde(default)]
+    pub capture: Capture,
+}
+
+/// How the master engine captures changes to the volumes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    /// `rescan` (default): compare each volume with a persisted per-block
+    /// hash map every `rescan_interval_ms`, so writes made by anything on the
+    /// master are found; `tracked`: writes go through the engine (a program
+    /// that embeds the library, or the NBD export) and are journalled as they happen.
+    #[serde(default = "default_capture_method")]
+    pub method: CaptureMethod,
+    /// With `method = "rescan"`: milliseconds between rescans (default 1000).
+    #[serde(default = "default_rescan_interval_ms")]
+    pub rescan_interval_ms: u64,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            method: default_capture_method(),
+            rescan_interval_ms: default_rescan_interval_ms(),
+        }
+    }
+}
+
+/// How changes are captured on the master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMethod {
+    /// Periodic comparison with a persisted block hash map.
+    Rescan,
+    /// Write-through tracking by the engine's own write path.
+    Tracked,
+}
+
+fn default_capture_method() -> CaptureMethod {
+    CaptureMethod::Rescan
+}
+fn default_rescan_interval_ms() -> u64 {
+    1000
 }
 
 /// What the scenario does.
@@ -167,6 +211,10 @@ pub struct VolumeSpec {
     /// Expected size in bytes, checked against the master when replication starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// The block device or disk image that holds the volume on the master.
+    /// When absent the master engine finds the device mounted at `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
 }
 
 /// Synchronisation settings.

@@ -1,0 +1,5 @@
+//! The wire protocol: frames and messages.
+
+pub mod message;
+
+pub use message::*;
