@@ -1,13 +1,20 @@
 //! The `rha` command-line tool: a thin shell over `rha-core`.
 //!
 //! ```text
-//! rha demo      protect two local disk images into a fixed-VHD replica, writing while it synchronises
-//! rha sync      synchronise two images offline (block- or volume-level)
-//! rha vhd       make, check or strip a fixed VHD footer
-//! rha scenario validate FILE
+//! rha demo       two engines on loopback: protect an ext4 disk, replicate live writes, switch over
+//! rha engine     run an engine (master and/or appliance role)
+//! rha scenario   new | validate | run | stop | status | switchover
+//! rha vm start   start the replica VM of a stopped scenario
+//! rha cert       make the scenario CA and engine/operator certificates
+//! rha sync       synchronise two images offline (block- or volume-level)
+//! rha vhd        make, check or strip a fixed VHD footer
 //! ```
+//!
+//! Exit codes: 0 success, 1 failure, 2 invalid input, 3 engine unreachable
+//! or authentication refused, 4 wrong scenario state.
 
 mod demo;
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +23,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use rha_core::events::Events;
-use rha_core::scenario::Scenario;
 use rha_core::sink::MemSink;
 use rha_core::source::StaticSource;
 use rha_core::sync::{synchronise, LocalPeer, SyncMethod, SyncOptions};
@@ -28,6 +34,8 @@ use rha_core::volume::{open_volume, vhd, FileVolume, Volume};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    auth: remote::Auth,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,9 +59,18 @@ enum Command {
     /// Work with fixed VHD footers (O(1): the data is never copied).
     #[command(subcommand)]
     Vhd(VhdCommand),
-    /// Work with scenario files.
+    /// Work with scenarios: make, check, run, stop, watch, switch over.
     #[command(subcommand)]
-    Scenario(ScenarioCommand),
+    Scenario(remote::ScenarioCommand),
+    /// Run an engine: the master role for scenarios it is the master of, the
+    /// replica role for those it is the appliance of.
+    Engine(remote::EngineArgs),
+    /// Replica virtual machines.
+    #[command(subcommand)]
+    Vm(remote::VmCommand),
+    /// Make the scenario CA and the engine and operator certificates (mutual TLS).
+    #[command(subcommand)]
+    Cert(remote::CertCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -81,15 +98,6 @@ enum VhdCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum ScenarioCommand {
-    /// Check a scenario file and list every error and warning.
-    Validate {
-        /// The scenario file (TOML).
-        file: PathBuf,
-    },
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -102,7 +110,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rha: {e:#}");
-            ExitCode::from(1)
+            match e.downcast_ref::<remote::ExitError>() {
+                Some(x) => ExitCode::from(x.code),
+                None => ExitCode::from(remote::EXIT_FAILED),
+            }
         }
     }
 }
@@ -175,15 +186,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}: raw image of {size} bytes", image.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Scenario(ScenarioCommand::Validate { file }) => {
-            let scenario = Scenario::load(&file)?;
-            let validation = scenario.validate();
-            println!("{}", validation.to_string().trim_end());
-            Ok(if validation.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
-        }
+        Command::Scenario(cmd) => remote::scenario(cmd, &cli.auth),
+        Command::Engine(args) => remote::engine(args, &cli.auth),
+        Command::Vm(cmd) => remote::vm(cmd, &cli.auth),
+        Command::Cert(cmd) => remote::cert(cmd),
     }
 }

@@ -7,3 +7,11 @@
 //! - [`tls`]: mutual TLS 1.3 through rustls (a scenario CA, or pinned certificates).
 //! - [`cert`]: making the CA and the engine and operator certificates (`rha cert`).
 //! - [`limit`]: the bandwidth limit with its optional schedule by hour.
+//! - [`link`]: one live connection: request ids, heartbeats, counters, back-pressure.
+//! - [`connect`]: calling and accepting, TLS and the versioned handshake.
+//! - [`engine`]: the engine daemon: master and replica roles, NAT mode, Is Alive, switchover.
+
+pub mod connect;
+pub mod engine;
+pub mod link;
+pub mod wire;

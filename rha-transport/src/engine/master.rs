@@ -1,0 +1,529 @@
+//! The master role: capture changes, synchronise the replica, replicate.
+//!
+//! A master scenario lives in `<data>/master/<name>/` (the scenario file)
+//! and its journal directory. It starts capturing when the appliance first
+//! opens the scenario, and again when the engine starts (run after reboot),
+//! whether or not the appliance is connected: changes made while the link is
+//! down are journalled (or, past the journal's bound, marked in the change
+//! log), so a reconnection resumes after the replica's last applied sequence.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rha_core::events::{Event, Events};
+use rha_core::journal::JournalConfig;
+use rha_core::scenario::{CaptureMethod, CommandSpec, Scenario};
+use rha_core::source::{ChangeSource, RescanSource, SourceError};
+use rha_core::sync::{self, SyncError, SyncOptions, SyncPeer};
+use rha_core::volume::{open_volume_read_only, Volume};
+use rha_core::Seq;
+use serde::Serialize;
+
+use super::peer::{link_error, RemotePeer};
+use super::{discover, EngineError};
+use crate::limit::Schedule;
+use crate::link::Link;
+use crate::wire::Message;
+
+/// How often the replication loop looks for new records when idle.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+/// How often the master sends its statistics to the replica.
+const STATS_EVERY: Duration = Duration::from_millis(500);
+
+/// A switchover asked of the replication thread.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SwitchoverAsk {
+    pub apply_journal: bool,
+}
+
+/// What the replication thread reports when it stops for a switchover.
+#[derive(Debug, Clone)]
+pub(crate) struct SwitchoverDone {
+    pub seq: Seq,
+}
+
+/// The master's status, as `status --json` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MasterStatus {
+    /// `capturing` (no replica connected), `synchronising`, `replicating`, `switched_over`, `stopped`.
+    pub state: String,
+    /// The appliance connected, if any.
+    pub replica: Option<String>,
+    /// Sync progress: bytes done and total of the current pass.
+    pub sync_bytes_done: u64,
+    /// Bytes the current pass covers.
+    pub sync_bytes_total: u64,
+    /// Newest captured sequence.
+    pub last_seq: Seq,
+    /// Newest sequence the replica acknowledged.
+    pub acknowledged: Seq,
+    /// Journal bytes not yet acknowledged.
+    pub pending_bytes: u64,
+    /// Seconds the oldest unacknowledged change has waited (replication lag).
+    pub lag_seconds: f64,
+    /// The last event, as a sentence.
+    pub last_event: Option<String>,
+    /// The last error, as a sentence.
+    pub last_error: Option<String>,
+}
+
+/// One scenario on the master engine.
+pub struct MasterScenario {
+    /// The scenario.
+    pub scenario: Scenario,
+    source: Arc<dyn ChangeSource>,
+    rescan: Option<Arc<RescanSource>>,
+    /// Identity of this master's journal (new when the journal is recreated).
+    pub journal_id: String,
+    /// Events and statistics.
+    pub events: Events,
+    status: Mutex<MasterStatus>,
+    stop_capture: Arc<AtomicBool>,
+    session: Mutex<Option<Session>>,
+    /// When each not-yet-acknowledged sequence was first seen (sampled), for the lag in seconds.
+    seen: Mutex<std::collections::VecDeque<(Seq, Instant)>>,
+}
+
+struct Session {
+    stop: Arc<AtomicBool>,
+    ask: Arc<Mutex<Option<(SwitchoverAsk, std::sync::mpsc::SyncSender<Result<SwitchoverDone, String>>)>>>,
+    link: Link,
+}
+
+impl std::fmt::Debug for MasterScenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterScenario")
+            .field("name", &self.scenario.name)
+            .field("journal_id", &self.journal_id)
+            .finish()
+    }
+}
+
+/// Where a scenario's journal lives on this master.
+pub fn journal_dir(data_dir: &Path, scenario: &Scenario) -> PathBuf {
+    let base = &scenario.journal.directory;
+    let base = if base.is_absolute() {
+        base.clone()
+    } else {
+        data_dir.join(base)
+    };
+    base.join(&scenario.name)
+}
+
+/// Opens the master's volumes of `scenario` (the replicated ones, in order).
+pub fn open_volumes(scenario: &Scenario) -> Result<Vec<Arc<dyn Volume>>, EngineError> {
+    let mut out = Vec::new();
+    for v in scenario.volumes.iter().filter(|v| !v.exclude) {
+        let path = discover::volume_path(v)?;
+        let vol = open_volume_read_only(&path).map_err(|e| EngineError::Volume {
+            volume: v.id.clone(),
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Some(expected) = v.size_bytes {
+            if vol.size() != expected {
+                return Err(EngineError::Volume {
+                    volume: v.id.clone(),
+                    path,
+                    reason: format!(
+                        "it is {} bytes but the scenario says size_bytes = {expected}: correct the scenario",
+                        vol.size()
+                    ),
+                });
+            }
+        }
+        out.push(Arc::from(vol));
+    }
+    if out.is_empty() {
+        return Err(EngineError::Invalid(
+            "the scenario replicates no volume".into(),
+        ));
+    }
+    Ok(out)
+}
+
+impl MasterScenario {
+    /// Opens (or creates) the scenario's capture state and starts capturing.
+    pub fn open(
+        data_dir: &Path,
+        scenario: Scenario,
+        provided: Option<Arc<dyn ChangeSource>>,
+    ) -> Result<Arc<MasterScenario>, EngineError> {
+        let dir = journal_dir(data_dir, &scenario);
+        let fresh = !dir.join("journal").exists() && provided.is_none();
+        std::fs::create_dir_all(&dir).map_err(|e| EngineError::io("create", &dir, e))?;
+        let id_path = dir.join("journal-id");
+        let journal_id = match std::fs::read_to_string(&id_path) {
+            Ok(s) if !fresh && !s.trim().is_empty() => s.trim().to_owned(),
+            _ => {
+                let id = super::random_id();
+                super::write_atomic(&id_path, id.as_bytes())?;
+                id
+            }
+        };
+        let events = Events::new();
+        let (source, rescan): (Arc<dyn ChangeSource>, Option<Arc<RescanSource>>) =
+            match (provided, scenario.capture.method) {
+                (Some(s), _) => (s, None),
+                (None, CaptureMethod::Tracked) => {
+                    return Err(EngineError::Invalid(format!(
+                        "scenario `{}` uses capture method `tracked`, but no program attached a tracked source to this engine: use `rescan`, or embed the engine and call Engine::provide_source",
+                        scenario.name
+                    )))
+                }
+                (None, CaptureMethod::Rescan) => {
+                    let volumes = open_volumes(&scenario)?;
+                    let (src, recovery) = RescanSource::open(
+                        &dir,
+                        volumes,
+                        JournalConfig::from(&scenario.journal),
+                        Duration::from_millis(scenario.capture.rescan_interval_ms),
+                    )
+                    .map_err(|e| EngineError::Source(e.to_string()))?;
+                    tracing::info!(scenario = %scenario.name, "journal opened: {recovery:?}");
+                    let src = Arc::new(src);
+                    (src.clone() as Arc<dyn ChangeSource>, Some(src))
+                }
+            };
+        let ms = Arc::new(MasterScenario {
+            scenario,
+            source,
+            rescan,
+            journal_id,
+            events,
+            status: Mutex::new(MasterStatus {
+                state: "capturing".into(),
+                ..Default::default()
+            }),
+            stop_capture: Arc::new(AtomicBool::new(false)),
+            session: Mutex::new(None),
+            seen: Mutex::new(Default::default()),
+        });
+        ms.start_capture();
+        ms.start_event_log();
+        Ok(ms)
+    }
+
+    /// The change source.
+    pub fn source(&self) -> &Arc<dyn ChangeSource> {
+        &self.source
+    }
+
+    fn start_capture(self: &Arc<Self>) {
+        let me = self.clone();
+        let stop = self.stop_capture.clone();
+        let every = Duration::from_millis(self.scenario.capture.rescan_interval_ms.max(10));
+        std::thread::Builder::new()
+            .name(format!("rha-capture-{}", self.scenario.name))
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(r) = &me.rescan {
+                        if let Err(e) = r.scan_now() {
+                            me.set_error(format!("rescan failed: {e}"));
+                        }
+                        if let Err(e) = r.journal().sync() {
+                            me.set_error(format!("journal flush failed: {e}"));
+                        }
+                    }
+                    me.sample_seen();
+                    std::thread::sleep(every);
+                }
+            })
+            .ok();
+    }
+
+    fn start_event_log(self: &Arc<Self>) {
+        let rx = self.events.subscribe();
+        let me = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name(format!("rha-events-{}", self.scenario.name))
+            .spawn(move || {
+                while let Ok(ev) = rx.recv() {
+                    let Some(me) = me.upgrade() else { return };
+                    let mut st = me.lock_status();
+                    match &ev {
+                        Event::SyncStarted { bytes_total, .. } => {
+                            st.state = "synchronising".into();
+                            st.sync_bytes_total = *bytes_total;
+                            st.sync_bytes_done = 0;
+                        }
+                        Event::SyncProgress { .. } => {
+                            // Per-volume progress: add what this event advanced.
+                        }
+                        _ => {}
+                    }
+                    if !matches!(ev, Event::SyncProgress { .. } | Event::ReplicationLag { .. }) {
+                        st.last_event = Some(ev.to_string());
+                    }
+                }
+            })
+            .ok();
+    }
+
+    fn sample_seen(&self) {
+        let last = self.source.last_seq();
+        let acked = self.source.acknowledged();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        while seen.front().is_some_and(|(s, _)| *s <= acked) {
+            seen.pop_front();
+        }
+        if seen.back().map_or(last > acked, |(s, _)| *s < last) {
+            seen.push_back((last, Instant::now()));
+        }
+        if seen.len() > 4096 {
+            seen.pop_front();
+        }
+    }
+
+    /// Seconds the oldest unacknowledged change has waited.
+    pub fn lag_seconds(&self) -> f64 {
+        self.sample_seen();
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.front()
+            .map(|(_, t)| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0)
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, MasterStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_error(&self, e: String) {
+        tracing::warn!(scenario = %self.scenario.name, "{e}");
+        self.lock_status().last_error = Some(e);
+    }
+
+    fn set_state(&self, s: &str) {
+        self.lock_status().state = s.into();
+    }
+
+    /// The status, with fresh statistics.
+    pub fn status(&self) -> MasterStatus {
+        let lag = self.lag_seconds();
+        let mut st = self.lock_status().clone();
+        st.last_seq = self.source.last_seq();
+        st.acknowledged = self.source.acknowledged();
+        st.pending_bytes = self.source.pending_bytes();
+        st.lag_seconds = lag;
+        let stats = self.events.stats().snapshot();
+        if st.state == "synchronising" {
+            st.sync_bytes_done = stats.blocks_scanned.saturating_mul(4096).min(st.sync_bytes_total);
+        }
+        st
+    }
+
+    /// The statistics JSON sent to the replica.
+    pub fn stats_json(&self) -> String {
+        let status = self.status();
+        let stats = self.events.stats().snapshot();
+        serde_json::json!({ "master": status, "stats": stats }).to_string()
+    }
+
+    /// Starts replicating over `link` (replacing any earlier session).
+    pub fn start_session(self: &Arc<Self>, link: Link) {
+        self.stop_session();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ask = Arc::new(Mutex::new(None));
+        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(Session {
+            stop: stop.clone(),
+            ask: ask.clone(),
+            link: link.clone(),
+        });
+        link.limiter().set_schedule(Schedule::from_settings(&self.scenario.sync));
+        link.set_heartbeat(Duration::from_secs(self.scenario.is_alive.interval_secs.max(1)));
+        {
+            let mut st = self.lock_status();
+            st.replica = Some(link.peer().name.clone());
+            st.last_error = None;
+        }
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name(format!("rha-replicate-{}", self.scenario.name))
+            .spawn(move || {
+                let result = me.replicate(&link, &stop, &ask);
+                match result {
+                    Ok(()) => {}
+                    Err(e) => {
+                        let msg = format!("replication to {} stopped: {e}", link.peer().name);
+                        me.set_error(msg.clone());
+                        me.events.emit(Event::Error { message: msg });
+                        link.close(format!("replication stopped: {e}"));
+                    }
+                }
+                let mut st = me.lock_status();
+                if st.state != "switched_over" && st.state != "stopped" {
+                    st.state = "capturing".into();
+                }
+                st.replica = None;
+            })
+            .ok();
+    }
+
+    /// Stops the current session's replication thread, if any.
+    pub fn stop_session(&self) {
+        if let Some(s) = self.session.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            s.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops capturing (the engine shuts down or the scenario is reopened).
+    pub fn stop_capture_only(&self) {
+        self.stop_capture.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the session and capturing (the scenario was stopped; its state stays on disk).
+    pub fn stop(&self) {
+        self.stop_session();
+        self.stop_capture.store(true, Ordering::Relaxed);
+        self.set_state("stopped");
+    }
+
+    /// Asks the replication thread to finish for a switchover and waits for it.
+    pub async fn switchover(self: &Arc<Self>, apply_journal: bool) -> Result<SwitchoverDone, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        {
+            let guard = self.session.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(s) = guard.as_ref() else {
+                return Err("no replication session is running".into());
+            };
+            *s.ask.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((SwitchoverAsk { apply_journal }, tx));
+        }
+        let done = tokio::task::spawn_blocking(move || {
+            rx.recv_timeout(Duration::from_secs(3600))
+                .map_err(|_| "the replication thread ended before finishing the switchover".to_string())
+                .and_then(|r| r)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.stop_capture.store(true, Ordering::Relaxed);
+        self.set_state("switched_over");
+        Ok(done)
+    }
+
+    /// Runs the scenario's master-side switchover step.
+    pub async fn master_step(&self) -> String {
+        match &self.scenario.switchover.disable_master_network {
+            None => "no master-side step configured".into(),
+            Some(cmd) => run_command(cmd, Duration::from_secs(60)).await,
+        }
+    }
+
+    /// The replication thread: synchronise when needed, then replicate until stopped.
+    fn replicate(
+        &self,
+        link: &Link,
+        stop: &AtomicBool,
+        ask: &Mutex<Option<(SwitchoverAsk, std::sync::mpsc::SyncSender<Result<SwitchoverDone, String>>)>>,
+    ) -> Result<(), SyncError> {
+        let source = &*self.source;
+        let options = SyncOptions::from(&self.scenario.sync);
+        let mut peer = RemotePeer::new(link.clone());
+        let mut at = self.prepare(&mut peer, &options)?;
+        let mut last_stats = Instant::now() - STATS_EVERY;
+        self.set_state("replicating");
+        loop {
+            if stop.load(Ordering::Relaxed) || link.closed_reason().is_some() {
+                return Ok(());
+            }
+            let asked = ask.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((a, reply)) = asked {
+                let result = self.finish_for_switchover(&mut peer, at, a);
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+                return Ok(());
+            }
+            link.set_local_last_seq(source.last_seq());
+            if last_stats.elapsed() >= STATS_EVERY {
+                last_stats = Instant::now();
+                let _ = link.send_blocking(Message::Stats {
+                    json: self.stats_json(),
+                });
+            }
+            match sync::replicate_once(source, &mut peer, at, options.batch_bytes, &self.events) {
+                Ok(Some((seq, _))) => at = seq,
+                Ok(None) => std::thread::sleep(IDLE_POLL),
+                Err(SyncError::Source(SourceError::Gap { .. })) => {
+                    // The journal overflowed while the link was down or slow:
+                    // resynchronise the regions the change log marks.
+                    let report = sync::synchronise(source, &mut peer, &options, &self.events)?;
+                    self.set_state("replicating");
+                    at = report.consistent_seq;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Brings the replica to a point from which replication can continue:
+    /// nothing to do after a dropped link, a fast resync of the dirty regions
+    /// after a journal overflow, a full comparison for a new replica.
+    fn prepare(&self, peer: &mut RemotePeer, options: &SyncOptions) -> Result<Seq, SyncError> {
+        let source = &*self.source;
+        let state = peer.state()?;
+        let resume = state.synced
+            && state.consistent
+            && !source.needs_resync()
+            && state.applied >= source.acknowledged()
+            && state.applied <= source.last_seq();
+        if resume {
+            match source.changes_after(state.applied, 1) {
+                Ok(_) => {
+                    tracing::info!(scenario = %self.scenario.name, applied = state.applied, "resuming replication after the replica's last applied change; no resynchronisation");
+                    source.acknowledge(state.applied)?;
+                    return Ok(state.applied);
+                }
+                Err(SourceError::Gap { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut options = options.clone();
+        if state.synced && state.applied > source.last_seq() {
+            // The replica holds changes this master's journal lost (a crash
+            // before a flush): only a full comparison can prove equality.
+            options.force_full_verification = true;
+        }
+        let report = sync::synchronise(source, peer, &options, &self.events)?;
+        tracing::info!(scenario = %self.scenario.name, "synchronisation: {}", serde_json::to_string(&report).unwrap_or_default());
+        Ok(report.consistent_seq)
+    }
+
+    fn finish_for_switchover(
+        &self,
+        peer: &mut RemotePeer,
+        at: Seq,
+        ask: SwitchoverAsk,
+    ) -> Result<SwitchoverDone, SyncError> {
+        let source = &*self.source;
+        if !ask.apply_journal {
+            return Ok(SwitchoverDone { seq: at });
+        }
+        // A last capture, then everything captured reaches the replica.
+        source.capture()?;
+        if let Some(r) = &self.rescan {
+            r.scan_now()?;
+        }
+        let target = source.last_seq();
+        let (seq, _) = sync::catch_up(source, peer, at, target, 4 << 20, &self.events)?;
+        peer.mark_consistent(seq)?;
+        Ok(SwitchoverDone { seq })
+    }
+}
+
+/// Runs an operator-configured command; returns its outcome as a sentence.
+pub async fn run_command(cmd: &CommandSpec, timeout: Duration) -> String {
+    let mut c = tokio::process::Command::new(&cmd.program);
+    c.args(&cmd.args).kill_on_drop(true);
+    match tokio::time::timeout(timeout, c.output()).await {
+        Err(_) => format!("`{}` did not finish within {} s", cmd.program, timeout.as_secs()),
+        Ok(Err(e)) => format!("`{}` could not run: {e}", cmd.program),
+        Ok(Ok(out)) if out.status.success() => format!("`{}` succeeded", cmd.program),
+        Ok(Ok(out)) => format!(
+            "`{}` failed ({}): {}",
+            cmd.program,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
+}

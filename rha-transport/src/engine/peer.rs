@@ -1,0 +1,137 @@
+//! [`RemotePeer`]: the core's [`SyncPeer`] over a [`Link`], used by the
+//! master's replication thread (outside the async runtime).
+
+use std::time::Duration;
+
+use rha_core::hash::{Hash, Node};
+use rha_core::journal::Record;
+use rha_core::sink::ReplicaState;
+use rha_core::sync::{SyncError, SyncPeer, Traffic};
+use rha_core::{Seq, VolumeId};
+
+use crate::link::{Link, LinkError};
+use crate::wire::Message;
+
+/// How long the replica may take to answer one request (an end-of-sync
+/// barrier flushes whole disks, so it is generous; a dead link fails sooner).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Largest piece of synchronisation data per `Write` message.
+pub const WRITE_CHUNK: usize = 1 << 20;
+
+/// The replica at the other end of a link, as the sync algorithms see it.
+#[derive(Debug)]
+pub struct RemotePeer {
+    link: Link,
+}
+
+impl RemotePeer {
+    /// A peer over `link`.
+    pub fn new(link: Link) -> Self {
+        RemotePeer { link }
+    }
+
+    fn call(&self, what: &'static str, build: impl FnOnce(u64) -> Message) -> Result<Message, SyncError> {
+        self.link
+            .request_blocking(what, ANSWER_TIMEOUT, build)
+            .map_err(link_error)
+    }
+
+    fn expect_ok(&self, what: &'static str, m: Message) -> Result<(), SyncError> {
+        match m {
+            Message::Ok { .. } => Ok(()),
+            other => Err(link_error(self.link.unexpected(what, &other))),
+        }
+    }
+}
+
+/// A link failure as the sync algorithms report it.
+pub fn link_error(e: LinkError) -> SyncError {
+    SyncError::Link(e.to_string())
+}
+
+impl SyncPeer for RemotePeer {
+    fn state(&mut self) -> Result<ReplicaState, SyncError> {
+        match self.call("State", |req| Message::State { req })? {
+            Message::StateReply {
+                applied,
+                consistent,
+                synced,
+                ..
+            } => Ok(ReplicaState {
+                applied,
+                consistent,
+                synced,
+            }),
+            other => Err(link_error(self.link.unexpected("State", &other))),
+        }
+    }
+
+    fn begin_sync(&mut self, sizes: &[u64]) -> Result<(), SyncError> {
+        let sizes = sizes.to_vec();
+        let m = self.call("BeginSync", |req| Message::BeginSync { req, sizes })?;
+        self.expect_ok("BeginSync", m)
+    }
+
+    fn hashes(&mut self, volume: VolumeId, nodes: &[Node]) -> Result<Vec<Hash>, SyncError> {
+        let nodes = nodes.to_vec();
+        let asked = nodes.len();
+        match self.call("Hashes", |req| Message::Hashes { req, volume, nodes })? {
+            Message::HashesReply { hashes, .. } if hashes.len() == asked => Ok(hashes),
+            Message::HashesReply { hashes, .. } => Err(SyncError::BadReply {
+                asked,
+                got: hashes.len(),
+            }),
+            other => Err(link_error(self.link.unexpected("Hashes", &other))),
+        }
+    }
+
+    fn write(&mut self, volume: VolumeId, offset: u64, data: &[u8]) -> Result<(), SyncError> {
+        let mut at = 0;
+        while at < data.len() {
+            let n = (data.len() - at).min(WRITE_CHUNK);
+            self.link
+                .send_blocking(Message::Write {
+                    volume,
+                    offset: offset + at as u64,
+                    data: data[at..at + n].to_vec(),
+                })
+                .map_err(link_error)?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn zero(&mut self, volume: VolumeId, offset: u64, len: u64) -> Result<(), SyncError> {
+        self.link
+            .send_blocking(Message::Zero {
+                volume,
+                offset,
+                len,
+            })
+            .map_err(link_error)
+    }
+
+    fn end_sync(&mut self, base: Seq) -> Result<(), SyncError> {
+        let m = self.call("EndSync", |req| Message::EndSync { req, base })?;
+        self.expect_ok("EndSync", m)
+    }
+
+    fn apply(&mut self, records: &[Record]) -> Result<Seq, SyncError> {
+        let records = records.to_vec();
+        match self.call("Apply", |req| Message::Apply { req, records })? {
+            Message::Applied { seq, .. } => Ok(seq),
+            other => Err(link_error(self.link.unexpected("Apply", &other))),
+        }
+    }
+
+    fn mark_consistent(&mut self, seq: Seq) -> Result<(), SyncError> {
+        let m = self.call("MarkConsistent", |req| Message::MarkConsistent { req, seq })?;
+        self.expect_ok("MarkConsistent", m)
+    }
+
+    fn traffic(&self) -> Traffic {
+        let (sent, received) = self.link.traffic();
+        Traffic { sent, received }
+    }
+}
