@@ -16,6 +16,38 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
+# QEMU itself, for the local switchover VM tests (rha-core/tests/cloud_local.rs).
+# qemu-utils comes from bookworm-backports here, so qemu-system-x86 must come
+# from there too (bookworm's own one conflicts with it). The backports source
+# is a private list of ours, made from the system's deb822 list; the system's
+# own list is never edited.
+if ! command -v qemu-system-x86_64 >/dev/null; then
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+  backports=/etc/apt/sources.list.d/rha-backports.sources
+  if [ ! -e "$backports" ] && [ -r /etc/apt/sources.list.d/debian.sources ]; then
+    # The stanza whose Suites include the release itself (not -security):
+    # keep its Types, URIs, Components and Signed-By.
+    stanza=$(awk -v rel="$codename" '
+      BEGIN { RS = ""; FS = "\n" }
+      { keep = 0; out = ""
+        for (i = 1; i <= NF; i++) {
+          if ($i ~ /^Suites:/) { n = split($i, w, /[ \t]+/); for (j = 2; j <= n; j++) if (w[j] == rel) keep = 1 }
+          else if ($i ~ /^(Types|URIs|Components|Signed-By):/) out = out $i "\n"
+        }
+        if (keep) { printf "%s", out; exit }
+      }' /etc/apt/sources.list.d/debian.sources)
+    if [ -n "$stanza" ]; then
+      echo "adding $backports (${codename}-backports, for qemu-system-x86)"
+      printf '# Added by rha scripts/test.sh for qemu-system-x86 (matches qemu-utils from backports).\n%s\nSuites: %s-backports\n' \
+        "$stanza" "$codename" | as_root tee "$backports" >/dev/null
+    fi
+  fi
+  echo "installing qemu-system-x86 and ovmf from ${codename}-backports (needed by the local VM tests)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -t "${codename}-backports" qemu-system-x86 ovmf \
+    || echo "warning: could not install qemu-system-x86; the local VM tests will only write launch definitions"
+fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
 echo "== cargo fmt --check"

@@ -1,5 +1,6 @@
 //! The crate's top-level error, wrapping each module's own error.
 
+use crate::cloud::CloudError;
 use crate::journal::JournalError;
 use crate::scenario::ScenarioError;
 use crate::sink::SinkError;
@@ -30,4 +31,7 @@ pub enum Error {
     /// A synchronisation or replication failed.
     #[error(transparent)]
     Sync(#[from] SyncError),
+    /// Creating or managing the switchover VM failed.
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
 }

@@ -24,6 +24,7 @@
 //! - [`sync`]: volume-level and block-level synchronisation, replay, and replication.
 //! - [`scenario`]: the scenario model, TOML loading and validation.
 //! - [`events`]: typed events and statistics counters.
+//! - [`cloud`]: the switchover VM ([`cloud::CloudProvider`]); the local QEMU provider.
 //!
 //! # Example
 //! ```
@@ -48,6 +49,7 @@
 //! ```
 //!
 
+pub mod cloud;
 pub mod error;
 pub mod events;
 pub mod hash;

@@ -3,6 +3,7 @@
 //! in this crate and in adapters such as `rha-azure`, runs the same checks.
 //! The functions panic with a message naming the broken rule.
 
+pub mod cloud;
 mod sink;
 mod source;
 pub mod volume;
