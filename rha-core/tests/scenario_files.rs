@@ -837,3 +837,107 @@ fn every_rule_reports_its_own_finding() {
         );
     }
 }
+
+/// A local template with `[sync]` replaced by `sync_toml`.
+fn with_sync(sync_toml: &str) -> Result<Scenario, ScenarioError> {
+    let mut s = Scenario::template(Template::Local);
+    s.sync = Default::default();
+    let text = s.to_toml_string().expect("serialises");
+    // Drop the serialised `[sync]` table and write ours at the end.
+    let start = text.find("[sync]\n").expect("has a [sync] table");
+    let end = text[start + 1..]
+        .find("\n[")
+        .map_or(text.len(), |i| start + 1 + i + 1);
+    let text = format!("{}{}\n[sync]\n{sync_toml}\n", &text[..start], &text[end..]);
+    Scenario::from_toml_str(&text)
+}
+
+#[test]
+fn sample_has_an_office_hours_schedule() {
+    use rha_core::scenario::{Weekday, WireCompression};
+    let local = Scenario::load(sample("local-ha.toml")).expect("loads");
+    assert_eq!(local.sync.compression, WireCompression::None);
+    let [w] = local.sync.bandwidth_schedule.as_slice() else {
+        panic!("one window: {:?}", local.sync.bandwidth_schedule)
+    };
+    assert_eq!((w.from_hour, w.to_hour, w.limit_kbps), (8, 18, Some(20000)));
+    assert_eq!(w.days, Weekday::ALL[..5].to_vec());
+    assert!(w.covers(Weekday::Fri, 17));
+    assert!(!w.covers(Weekday::Fri, 18));
+    assert!(!w.covers(Weekday::Sat, 10));
+}
+
+#[test]
+fn compression_and_days_are_keywords() {
+    use rha_core::scenario::WireCompression;
+    let s = with_sync("compression = \"zstd\"").expect("loads");
+    assert_eq!(s.sync.compression, WireCompression::Zstd);
+    assert_eq!(
+        with_sync("").expect("loads").sync.compression,
+        WireCompression::None
+    );
+
+    let e = with_sync("compression = \"lz5\"").expect_err("unknown compression");
+    assert!(e.to_string().contains("lz5"), "{e}");
+    let e = "zstdd".parse::<WireCompression>().expect_err("typo");
+    assert_eq!(e.suggestion, Some("zstd"));
+
+    let e =
+        with_sync("[[sync.bandwidth_schedule]]\ndays = [\"monday\"]\nfrom_hour = 1\nto_hour = 2")
+            .expect_err("unknown day");
+    assert!(e.to_string().contains("monday"), "{e}");
+    let e = with_sync("[[sync.bandwidth_schedule]]\nfrom_hour = 1\nto_hour = 2\nlimit = 5")
+        .expect_err("unknown key");
+    assert!(e.to_string().contains("limit_kbps"), "{e}");
+}
+
+#[test]
+fn bandwidth_schedule_checks() {
+    let s = with_sync(
+        "[[sync.bandwidth_schedule]]\nfrom_hour = 25\nto_hour = 30\nlimit_kbps = 0\n\
+         [[sync.bandwidth_schedule]]\nfrom_hour = 18\nto_hour = 8\n\
+         [[sync.bandwidth_schedule]]\ndays = [\"sat\"]\nfrom_hour = 0\nto_hour = 24\nlimit_kbps = 1000\n\
+         [[sync.bandwidth_schedule]]\ndays = [\"sun\", \"sat\"]\nfrom_hour = 10\nto_hour = 12",
+    )
+    .expect("loads");
+    let v = s.validate();
+    assert_error(
+        &v,
+        "sync.bandwidth_schedule[0].from_hour",
+        &["Hour 25", "0 to 23"],
+    );
+    assert_error(
+        &v,
+        "sync.bandwidth_schedule[0].to_hour",
+        &["Hour 30", "1 to 24"],
+    );
+    assert_error(
+        &v,
+        "sync.bandwidth_schedule[0].limit_kbps",
+        &["0 would stop"],
+    );
+    assert_error(
+        &v,
+        "sync.bandwidth_schedule[1].to_hour",
+        &["before it starts", "two windows"],
+    );
+    assert_warning(
+        &v,
+        "sync.bandwidth_schedule[3]",
+        "overlaps sync.bandwidth_schedule[2] on `sat`",
+    );
+    assert_eq!(v.errors().count(), 4, "{v}");
+    assert_eq!(v.warnings().count(), 1, "{v}");
+
+    // Disjoint windows, and the same hours on different days, are clean.
+    let s = with_sync(
+        "[[sync.bandwidth_schedule]]\ndays = [\"mon\"]\nfrom_hour = 8\nto_hour = 18\nlimit_kbps = 100\n\
+         [[sync.bandwidth_schedule]]\ndays = [\"tue\"]\nfrom_hour = 8\nto_hour = 18\n\
+         [[sync.bandwidth_schedule]]\nfrom_hour = 18\nto_hour = 24\nlimit_kbps = 5000",
+    )
+    .expect("loads");
+    let v = s.validate();
+    assert!(v.is_clean(), "{v}");
+    let again = Scenario::from_toml_str(&s.to_toml_string().expect("serialises")).expect("reloads");
+    assert_eq!(again, s);
+}

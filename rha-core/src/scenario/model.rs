@@ -235,9 +235,19 @@ pub struct SyncSettings {
     /// Block size in bytes; rha only supports 4096.
     #[serde(default = "default_block_size")]
     pub block_size: u32,
-    /// Bandwidth limit in kilobits per second; unlimited when absent.
+    /// Bandwidth limit in kilobits per second; unlimited when absent. Applies
+    /// outside every window of `bandwidth_schedule`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_limit_kbps: Option<u64>,
+    /// Compression of the data sent between the engines (default `none`);
+    /// the engines negotiate it when they connect.
+    #[serde(default)]
+    pub compression: WireCompression,
+    /// Bandwidth limits by day and hour, as `[[sync.bandwidth_schedule]]`
+    /// tables. The first window that matches the master's local time wins;
+    /// outside every window `bandwidth_limit_kbps` applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bandwidth_schedule: Vec<BandwidthWindow>,
 }
 
 impl Default for SyncSettings {
@@ -248,7 +258,91 @@ impl Default for SyncSettings {
             force_full_verification: false,
             block_size: BLOCK_SIZE,
             bandwidth_limit_kbps: None,
+            compression: WireCompression::default(),
+            bandwidth_schedule: Vec::new(),
         }
+    }
+}
+
+/// Compression of the replication data on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireCompression {
+    /// Send the data as it is.
+    #[default]
+    None,
+    /// LZ4: fast, moderate ratio; for fast links.
+    Lz4,
+    /// Zstandard: better ratio for more CPU; for slow links.
+    Zstd,
+}
+
+/// One window of `[[sync.bandwidth_schedule]]`: a bandwidth limit on some
+/// days between two hours of the master's local time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthWindow {
+    /// The days the window applies to (`mon` .. `sun`); every day when empty or absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<Weekday>,
+    /// First hour of the window (0 to 23), included.
+    pub from_hour: u8,
+    /// Hour the window ends (1 to 24), excluded: 8 to 18 is 08:00 to 17:59.
+    pub to_hour: u8,
+    /// Limit in kilobits per second inside the window; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_kbps: Option<u64>,
+}
+
+impl BandwidthWindow {
+    /// Whether the window covers `day` at `hour` (0 to 23).
+    pub fn covers(&self, day: Weekday, hour: u8) -> bool {
+        (self.days.is_empty() || self.days.contains(&day))
+            && self.from_hour <= hour
+            && hour < self.to_hour
+    }
+}
+
+/// A day of the week, written `mon` .. `sun`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weekday {
+    /// Monday.
+    Mon,
+    /// Tuesday.
+    Tue,
+    /// Wednesday.
+    Wed,
+    /// Thursday.
+    Thu,
+    /// Friday.
+    Fri,
+    /// Saturday.
+    Sat,
+    /// Sunday.
+    Sun,
+}
+
+impl Weekday {
+    /// Every day, Monday first.
+    pub const ALL: [Weekday; 7] = [
+        Weekday::Mon,
+        Weekday::Tue,
+        Weekday::Wed,
+        Weekday::Thu,
+        Weekday::Fri,
+        Weekday::Sat,
+        Weekday::Sun,
+    ];
+
+    /// The day's number, 0 for Monday to 6 for Sunday.
+    pub fn index(self) -> u8 {
+        self as u8
+    }
+
+    /// The day numbered `index` (0 = Monday); `None` from 7 on.
+    pub fn from_index(index: u8) -> Option<Weekday> {
+        Weekday::ALL.get(usize::from(index)).copied()
     }
 }
 
@@ -638,6 +732,16 @@ keyword_enum!(FsyncPolicy, "fsync policy", {
     Never => "never",
 });
 keyword_enum!(SwitchoverMode, "switchover mode", { Manual => "manual", Automatic => "automatic" });
+keyword_enum!(WireCompression, "wire compression", { None => "none", Lz4 => "lz4", Zstd => "zstd" });
+keyword_enum!(Weekday, "day of the week", {
+    Mon => "mon",
+    Tue => "tue",
+    Wed => "wed",
+    Thu => "thu",
+    Fri => "fri",
+    Sat => "sat",
+    Sun => "sun",
+});
 
 fn default_port() -> u16 {
     DEFAULT_PORT
@@ -700,6 +804,13 @@ mod tests {
         agrees(FsyncPolicy::Never);
         agrees(SwitchoverMode::Manual);
         agrees(SwitchoverMode::Automatic);
+        agrees(WireCompression::None);
+        agrees(WireCompression::Lz4);
+        agrees(WireCompression::Zstd);
+        for day in Weekday::ALL {
+            agrees(day);
+            assert_eq!(Weekday::from_index(day.index()), Some(day));
+        }
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::model::{
-    AzureReplica, Check, FsyncPolicy, LocalReplica, Os, Product, Replica, Scenario, SwitchoverMode,
-    BLOCK_SIZE,
+    AzureReplica, BandwidthWindow, Check, FsyncPolicy, LocalReplica, Os, Product, Replica,
+    Scenario, SwitchoverMode, Weekday, BLOCK_SIZE,
 };
 
 /// How serious a finding is.
@@ -534,6 +534,70 @@ fn check_sync(c: &mut Checker, s: &Scenario) {
     }
     if sync.bandwidth_limit_kbps == Some(0) {
         c.error("sync.bandwidth_limit_kbps", "A bandwidth limit of 0 would stop replication; remove `bandwidth_limit_kbps` for no limit, or set a positive value.");
+    }
+    check_bandwidth_schedule(c, &sync.bandwidth_schedule);
+}
+
+fn check_bandwidth_schedule(c: &mut Checker, windows: &[BandwidthWindow]) {
+    for (i, w) in windows.iter().enumerate() {
+        let base = format!("sync.bandwidth_schedule[{i}]");
+        let mut hours_ok = true;
+        if w.from_hour > 23 {
+            hours_ok = false;
+            c.error(
+                format!("{base}.from_hour"),
+                format!("Hour {} does not exist; `from_hour` is the first hour of the window, from 0 to 23.", w.from_hour),
+            );
+        }
+        if w.to_hour > 24 {
+            hours_ok = false;
+            c.error(
+                format!("{base}.to_hour"),
+                format!("Hour {} does not exist; `to_hour` is the hour the window ends, from 1 to 24 (24 is midnight at the end of the day).", w.to_hour),
+            );
+        }
+        if hours_ok && w.from_hour >= w.to_hour {
+            c.error(
+                format!("{base}.to_hour"),
+                format!(
+                    "The window ends (hour {}) before it starts (hour {}); `to_hour` must be after `from_hour`. For a window across midnight write two windows, such as 22 to 24 and 0 to 6.",
+                    w.to_hour, w.from_hour
+                ),
+            );
+        }
+        if w.limit_kbps == Some(0) {
+            c.error(
+                format!("{base}.limit_kbps"),
+                "A bandwidth limit of 0 would stop replication inside this window; remove `limit_kbps` for no limit, or set a positive value.",
+            );
+        }
+        let mut seen_days = std::collections::HashSet::new();
+        for (j, day) in w.days.iter().enumerate() {
+            if !seen_days.insert(*day) {
+                c.warning(
+                    format!("{base}.days[{j}]"),
+                    format!("`{day}` is listed twice; remove one."),
+                );
+            }
+        }
+    }
+    // Overlaps: the first matching window wins, so a later window that
+    // overlaps an earlier one on the same day is partly ignored.
+    for (j, later) in windows.iter().enumerate() {
+        for (i, earlier) in windows.iter().enumerate().take(j) {
+            let overlap = Weekday::ALL.into_iter().find(|&day| {
+                (0..24u8).any(|hour| earlier.covers(day, hour) && later.covers(day, hour))
+            });
+            if let Some(day) = overlap {
+                c.warning(
+                    format!("sync.bandwidth_schedule[{j}]"),
+                    format!(
+                        "This window overlaps sync.bandwidth_schedule[{i}] on `{day}` (and maybe other days); the first matching window wins, so this one is ignored where they overlap. Make the windows disjoint, or list the one that should win first."
+                    ),
+                );
+                break;
+            }
+        }
     }
 }
 
