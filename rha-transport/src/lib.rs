@@ -7,3 +7,5 @@
 //! - [`tls`]: mutual TLS 1.3 through rustls (a scenario CA, or pinned certificates).
 //! - [`cert`]: making the CA and the engine and operator certificates (`rha cert`).
 //! - [`limit`]: the bandwidth limit with its optional schedule by hour.
+
+pub mod wire;
