@@ -317,3 +317,105 @@ pub enum Message {
         reason: String,
     },
 }
+
+impl Message {
+    /// The message type's name, as in this enum (for logs and errors).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::Refused { .. } => "Refused",
+            Message::OpenScenario { .. } => "OpenScenario",
+            Message::ScenarioOpened { .. } => "ScenarioOpened",
+            Message::State { .. } => "State",
+            Message::StateReply { .. } => "StateReply",
+            Message::BeginSync { .. } => "BeginSync",
+            Message::Hashes { .. } => "Hashes",
+            Message::HashesReply { .. } => "HashesReply",
+            Message::Write { .. } => "Write",
+            Message::Zero { .. } => "Zero",
+            Message::EndSync { .. } => "EndSync",
+            Message::Apply { .. } => "Apply",
+            Message::Applied { .. } => "Applied",
+            Message::MarkConsistent { .. } => "MarkConsistent",
+            Message::Bookmark { .. } => "Bookmark",
+            Message::Ok { .. } => "Ok",
+            Message::Error { .. } => "Error",
+            Message::Heartbeat { .. } => "Heartbeat",
+            Message::Stats { .. } => "Stats",
+            Message::ReadBlocks { .. } => "ReadBlocks",
+            Message::BlockData { .. } => "BlockData",
+            Message::Switchover { .. } => "Switchover",
+            Message::SwitchoverReady { .. } => "SwitchoverReady",
+            Message::Control { .. } => "Control",
+            Message::ControlReply { .. } => "ControlReply",
+            Message::Close { .. } => "Close",
+        }
+    }
+
+    /// The request id the message carries: for a request, its own id; for
+    /// an answer, the id of the request it answers. `None` for the messages
+    /// without one (the handshake, [`Message::Write`], [`Message::Zero`],
+    /// [`Message::Heartbeat`], [`Message::Stats`], [`Message::Close`]).
+    ///
+    /// Request ids start at 1: `Some(0)` only comes from an
+    /// [`Message::Error`] that concerns no request (the connection closes).
+    pub fn req(&self) -> Option<u64> {
+        match self {
+            Message::OpenScenario { req, .. }
+            | Message::ScenarioOpened { req, .. }
+            | Message::State { req }
+            | Message::StateReply { req, .. }
+            | Message::BeginSync { req, .. }
+            | Message::Hashes { req, .. }
+            | Message::HashesReply { req, .. }
+            | Message::EndSync { req, .. }
+            | Message::Apply { req, .. }
+            | Message::Applied { req, .. }
+            | Message::MarkConsistent { req, .. }
+            | Message::Bookmark { req, .. }
+            | Message::Ok { req }
+            | Message::Error { req, .. }
+            | Message::ReadBlocks { req, .. }
+            | Message::BlockData { req, .. }
+            | Message::Switchover { req, .. }
+            | Message::SwitchoverReady { req, .. }
+            | Message::Control { req, .. }
+            | Message::ControlReply { req, .. } => Some(*req),
+            Message::Hello(_)
+            | Message::Welcome(_)
+            | Message::Refused { .. }
+            | Message::Write { .. }
+            | Message::Zero { .. }
+            | Message::Heartbeat { .. }
+            | Message::Stats { .. }
+            | Message::Close { .. } => None,
+        }
+    }
+
+    /// Whether the message is an answer to a request (as opposed to a
+    /// request or an un-answered message).
+    pub fn is_answer(&self) -> bool {
+        matches!(
+            self,
+            Message::ScenarioOpened { .. }
+                | Message::StateReply { .. }
+                | Message::HashesReply { .. }
+                | Message::Applied { .. }
+                | Message::Ok { .. }
+                | Message::Error { .. }
+                | Message::BlockData { .. }
+                | Message::SwitchoverReady { .. }
+                | Message::ControlReply { .. }
+        )
+    }
+
+    /// Whether the codec may compress this message (the bulky ones:
+    /// [`Message::Write`], [`Message::Apply`], [`Message::BlockData`]).
+    pub fn is_bulky(&self) -> bool {
+        matches!(
+            self,
+            Message::Write { .. } | Message::Apply { .. } | Message::BlockData { .. }
+        )
+    }
+}
