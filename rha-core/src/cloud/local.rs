@@ -144,8 +144,9 @@ impl LocalProvider {
     fn program(&self) -> Result<PathBuf, String> {
         match &self.qemu {
             Qemu::Never => Err("QEMU is disabled for this provider (Qemu::Never)".into()),
-            Qemu::Auto => find_on_path(QEMU_PROGRAM)
-                .ok_or_else(|| format!("{QEMU_PROGRAM} is not on PATH")),
+            Qemu::Auto => {
+                find_on_path(QEMU_PROGRAM).ok_or_else(|| format!("{QEMU_PROGRAM} is not on PATH"))
+            }
             Qemu::Binary(p) if is_executable(p) => Ok(p.clone()),
             Qemu::Binary(p) => Err(format!("{} is not an executable file", p.display())),
         }
@@ -226,8 +227,7 @@ impl LocalProvider {
                 ));
             }
         }
-        if vm.network.subnet.is_some() || vm.network.private_ip.is_some() || vm.network.public_ip
-        {
+        if vm.network.subnet.is_some() || vm.network.private_ip.is_some() || vm.network.public_ip {
             warnings.push(
                 "network subnet, private_ip and public_ip are Azure settings: the local VM \
                  ignores them (configure addresses inside the guest or on the bridge's network)"
