@@ -13,7 +13,7 @@ use std::process::Command;
 
 use rha_core::cloud::{CloudError, CloudProvider, DiskRef, LocalProvider, Qemu, VmSpec, VmState};
 use rha_core::conformance::cloud::run_cloud_suite;
-use rha_core::scenario::{HyperVGeneration, Network, Os};
+use rha_core::scenario::{HyperVGeneration, Network, Os, Scenario, Template};
 use rha_core::volume::vhd::read_footer;
 use rha_core::volume::VhdVolume;
 use tempfile::TempDir;
@@ -400,4 +400,37 @@ async fn qemu_vms_windows_and_killed() {
     assert_eq!(provider.vm_state(&info.id).await.unwrap(), VmState::Stopped);
     provider.delete_vm(&info.id).await.unwrap();
     assert!(disks.raw.is_file() && disks.vhd.is_file(), "disks are kept");
+}
+
+#[test]
+fn spec_from_scenario() {
+    let mut s = Scenario::template(Template::Local);
+    s.vm.cpus = None;
+    s.vm.memory_mb = None;
+    s.network.virtual_network = Some("br0".into());
+    let disk = |name: &str| DiskRef {
+        name: name.into(),
+        location: format!("/replica/{}.vhd", name.replace('/', "_")),
+        size: MIB,
+        system: false,
+    };
+    // Given out of order: put back in scenario volume order, `/` marked as system.
+    let vm = VmSpec::from_scenario(&s, vec![disk("/boot"), disk("/")]);
+    assert_eq!(vm.name, s.vm.name);
+    assert_eq!((vm.cpus, vm.memory_mb), (2, 2048), "defaults");
+    assert_eq!(vm.os, s.master.os);
+    assert_eq!(vm.generation, s.vm.generation);
+    assert_eq!(vm.network.virtual_network.as_deref(), Some("br0"));
+    let names: Vec<&str> = vm.disks.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["/", "/boot"]);
+    assert_eq!(vm.system_disk().map(|d| d.name.as_str()), Some("/"));
+
+    let json = serde_json::to_value(&vm).unwrap();
+    assert_eq!(json["disks"][0]["system"], true);
+    assert_eq!(serde_json::to_value(VmState::Running).unwrap(), "running");
+    assert_eq!(VmState::Failed("x".into()).to_string(), "failed: x");
+    assert_eq!(
+        serde_json::to_value(LocalProvider::id_of("vm")).unwrap(),
+        "local:vm"
+    );
 }

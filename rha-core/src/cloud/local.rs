@@ -11,6 +11,10 @@
 //! <dir>/<vm name>/OVMF_VARS.fd    the UEFI variable store of a generation 2 VM
 //! ```
 //!
+//! The disks must no longer change when `create_vm` is called: stop applying
+//! replication to them first (the switchover does), since the VM writes to
+//! them and a raw disk gets a footer appended.
+//!
 //! A VM exists while its `launch.json` does. The disks stay where they are
 //! (the replica directory): `launch.json` refers to them and deleting a VM
 //! removes only the files above.
@@ -100,7 +104,8 @@ pub enum Qemu {
     Auto,
     /// Never start anything: only write the launch definition.
     Never,
-    /// Start the VM with this program.
+    /// Start the VM with this program (when it is not an executable file,
+    /// only the launch definition is written, as with `Auto`).
     Binary(PathBuf),
 }
 
