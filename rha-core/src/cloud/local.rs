@@ -11,6 +11,10 @@
 //! <dir>/<vm name>/OVMF_VARS.fd    the UEFI variable store of a generation 2 VM
 //! ```
 //!
+//! The disks must no longer change when `create_vm` is called: stop applying
+//! replication to them first (the switchover does), since the VM writes to
+//! them and a raw disk gets a footer appended.
+//!
 //! A VM exists while its `launch.json` does. The disks stay where they are
 //! (the replica directory): `launch.json` refers to them and deleting a VM
 //! removes only the files above.
@@ -100,7 +104,8 @@ pub enum Qemu {
     Auto,
     /// Never start anything: only write the launch definition.
     Never,
-    /// Start the VM with this program.
+    /// Start the VM with this program (when it is not an executable file,
+    /// only the launch definition is written, as with `Auto`).
     Binary(PathBuf),
 }
 
@@ -144,8 +149,9 @@ impl LocalProvider {
     fn program(&self) -> Result<PathBuf, String> {
         match &self.qemu {
             Qemu::Never => Err("QEMU is disabled for this provider (Qemu::Never)".into()),
-            Qemu::Auto => find_on_path(QEMU_PROGRAM)
-                .ok_or_else(|| format!("{QEMU_PROGRAM} is not on PATH")),
+            Qemu::Auto => {
+                find_on_path(QEMU_PROGRAM).ok_or_else(|| format!("{QEMU_PROGRAM} is not on PATH"))
+            }
             Qemu::Binary(p) if is_executable(p) => Ok(p.clone()),
             Qemu::Binary(p) => Err(format!("{} is not an executable file", p.display())),
         }
@@ -226,8 +232,7 @@ impl LocalProvider {
                 ));
             }
         }
-        if vm.network.subnet.is_some() || vm.network.private_ip.is_some() || vm.network.public_ip
-        {
+        if vm.network.subnet.is_some() || vm.network.private_ip.is_some() || vm.network.public_ip {
             warnings.push(
                 "network subnet, private_ip and public_ip are Azure settings: the local VM \
                  ignores them (configure addresses inside the guest or on the bridge's network)"

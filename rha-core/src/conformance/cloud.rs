@@ -68,7 +68,10 @@ pub async fn run_cloud_suite(
 
     // Unknown ids.
     let unknown = VmId(format!("{kind}:rha-no-such-vm"));
-    assert_not_found(provider.vm_state(&unknown).await, "vm_state of an unknown id");
+    assert_not_found(
+        provider.vm_state(&unknown).await,
+        "vm_state of an unknown id",
+    );
     assert_not_found(provider.stop_vm(&unknown).await, "stop_vm of an unknown id");
     assert_not_found(
         provider.delete_vm(&unknown).await,
@@ -115,7 +118,10 @@ pub async fn run_cloud_suite(
     // stop_vm stops, and is idempotent.
     provider.stop_vm(&id).await.expect("stop_vm");
     assert_eq!(
-        provider.vm_state(&id).await.expect("vm_state after stop_vm"),
+        provider
+            .vm_state(&id)
+            .await
+            .expect("vm_state after stop_vm"),
         VmState::Stopped,
         "vm_state after stop_vm"
     );
