@@ -100,7 +100,13 @@ impl std::error::Error for ExitError {}
 
 impl From<ClientError> for ExitError {
     fn from(e: ClientError) -> Self {
-        ExitError::new(e.exit_code() as u8, e.to_string())
+        let code = match e.exit_code() {
+            2 => EXIT_INVALID,
+            3 => EXIT_UNREACHABLE,
+            4 => EXIT_STATE,
+            _ => EXIT_FAILED,
+        };
+        ExitError::new(code, e.to_string())
     }
 }
 

@@ -15,3 +15,6 @@ pub mod connect;
 pub mod engine;
 pub mod link;
 pub mod wire;
+pub mod cert;
+pub mod limit;
+pub mod tls;

@@ -513,7 +513,7 @@ async fn writer(
 
 async fn reader(
     link: Link,
-    mut r: tokio::io::ReadHalf<BoxStream>,
+    r: tokio::io::ReadHalf<BoxStream>,
     inbox: mpsc::Sender<Message>,
     mut codec: Codec,
 ) {

@@ -200,7 +200,7 @@ args = ["{marker}"]
 [vm]
 name = "{name}-vm"
 cpus = 1
-memory_mb = 256
+memory_mb = 512
 "#,
         image = image.display(),
         marker = step_marker.display(),

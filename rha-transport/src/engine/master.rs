@@ -21,7 +21,7 @@ use rha_core::volume::{open_volume_read_only, Volume};
 use rha_core::Seq;
 use serde::Serialize;
 
-use super::peer::{link_error, RemotePeer};
+use super::peer::RemotePeer;
 use super::{discover, EngineError};
 use crate::limit::Schedule;
 use crate::link::Link;
@@ -365,6 +365,7 @@ impl MasterScenario {
     pub fn stop_session(&self) {
         if let Some(s) = self.session.lock().unwrap_or_else(|e| e.into_inner()).take() {
             s.stop.store(true, Ordering::Relaxed);
+            s.link.close("replication session ended");
         }
     }
 
@@ -381,7 +382,7 @@ impl MasterScenario {
     }
 
     /// Asks the replication thread to finish for a switchover and waits for it.
-    pub async fn switchover(self: &Arc<Self>, apply_journal: bool) -> Result<SwitchoverDone, String> {
+    pub(crate) async fn switchover(self: &Arc<Self>, apply_journal: bool) -> Result<SwitchoverDone, String> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         {
             let guard = self.session.lock().unwrap_or_else(|e| e.into_inner());

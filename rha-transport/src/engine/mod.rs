@@ -404,7 +404,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     continue;
                 }
             },
-            _ = stop.wait_for(|s| *s) => return,
+            _ = until_true(&mut stop) => return,
         };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -446,14 +446,14 @@ async fn nat_dial_loop(shared: Arc<Shared>, addr: String) {
                 tokio::select! {
                     _ = taken_rx => {}
                     _ = l2.closed() => {}
-                    _ = stop.wait_for(|s| *s) => { l2.shutdown("engine shutting down").await; return; }
+                    _ = until_true(&mut stop) => { l2.shutdown("engine shutting down").await; return; }
                 }
             }
             Err(e) => {
                 tracing::info!(%addr, "NAT mode: appliance not reachable: {e}; retrying in {} ms", backoff.as_millis());
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = until_true(&mut stop) => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -881,4 +881,9 @@ async fn verify(shared: &Arc<Shared>, text: &str) -> serde_json::Value {
         "appliance": {"name": shared.config.name, "disks_dir": disks_dir, "free_bytes": free},
         "master": master,
     }))
+}
+
+/// Waits until a shutdown flag turns true (without holding the watch's lock across awaits).
+async fn until_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rha_core::cloud::{CloudProvider, DiskRef, VmSpec};
+use rha_core::cloud::{DiskRef, VmSpec};
 use rha_core::events::{Event, Events};
 use rha_core::scenario::{Check, Product, Replica, Scenario, SwitchoverMode};
 use rha_core::sink::{DiskFormat, FileSink, ReplicaSink};
@@ -327,7 +327,7 @@ impl ApplianceScenario {
             self.set_phase("connecting");
             let got = tokio::select! {
                 l = self.connect(&shared) => l,
-                _ = run.wait_for(|r| *r != RunState::Running) => return,
+                _ = not_running(&mut run) => return,
             };
             let (link, inbox) = match got {
                 Ok(x) => x,
@@ -336,7 +336,7 @@ impl ApplianceScenario {
                     tracing::info!(scenario = %self.scenario.name, "master not reachable: {e}; retrying in {} ms", backoff.as_millis());
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = run.wait_for(|r| *r != RunState::Running) => return,
+                        _ = not_running(&mut run) => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
@@ -349,13 +349,14 @@ impl ApplianceScenario {
             }
             link.close("session ended");
             *self.link.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            if let Some(h) = self.apply_done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let done = self.apply_done.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(h) = done {
                 let _ = h.await;
             }
             if *run.borrow() == RunState::Running {
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = run.wait_for(|r| *r != RunState::Running) => return,
+                    _ = not_running(&mut run) => return,
                 }
             }
         }
@@ -433,7 +434,7 @@ impl ApplianceScenario {
                 reason = link.closed() => {
                     return Err(format!("connection to the master lost: {reason}"));
                 }
-                _ = run.wait_for(|r| *r != RunState::Running) => {
+                _ = not_running(&mut run) => {
                     return Ok(());
                 }
             };
@@ -483,9 +484,7 @@ impl ApplianceScenario {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = run.wait_for(|r| *r != RunState::Running) => {
-                    if *run.borrow() != RunState::Running { return; }
-                }
+                _ = not_running(&mut run) => return,
             }
             if self.run_state() != RunState::Running {
                 return;
@@ -555,7 +554,7 @@ impl ApplianceScenario {
                     tokio::spawn(async move {
                         match me.switchover(&shared, true, false).await {
                             Ok(r) => tracing::info!("automatic switchover done: {}", r),
-                            Err(e) => tracing::error!("automatic switchover failed: {e}"),
+                            Err((_, e)) => tracing::error!("automatic switchover failed: {e}"),
                         }
                     });
                     return;
@@ -624,7 +623,8 @@ impl ApplianceScenario {
             link.shutdown("switchover").await;
         }
         // Let the replica writer finish what arrived.
-        if let Some(h) = self.apply_done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let done = self.apply_done.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(h) = done {
             let _ = h.await;
         }
         let result = self.start_vm(shared, force, apply_journal, master_step).await;
@@ -866,4 +866,9 @@ fn apply_loop(
             _ => {}
         }
     }
+}
+
+/// Waits until the scenario leaves the running state.
+async fn not_running(rx: &mut watch::Receiver<RunState>) {
+    let _ = rx.wait_for(|r| *r != RunState::Running).await.map(|_| ());
 }
