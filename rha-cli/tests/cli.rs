@@ -107,7 +107,7 @@ fn sync_copies_an_image_and_prints_statistics() {
 fn scenario_validate_exit_codes() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let ok = rha()
-        .args(["scenario", "validate"])
+        .args(["scenario", "validate", "--offline"])
         .arg(root.join("examples/scenarios/local-ha.toml"))
         .output()
         .unwrap();
@@ -117,14 +117,14 @@ fn scenario_validate_exit_codes() {
         String::from_utf8_lossy(&ok.stdout)
     );
     let bad = rha()
-        .args(["scenario", "validate"])
+        .args(["scenario", "validate", "--offline"])
         .arg(root.join("rha-core/tests/data/scenarios/excluded_system.toml"))
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stdout).contains("can never be excluded"));
     let typo = rha()
-        .args(["scenario", "validate"])
+        .args(["scenario", "validate", "--offline"])
         .arg(root.join("rha-core/tests/data/scenarios/typo_key.toml"))
         .output()
         .unwrap();
