@@ -25,9 +25,12 @@ fn switchover_and_check(certs: &Path, engine: &str, name: &str, master_img: &Pat
     assert!(same, "replica differs from the master: {why}");
     let (clean, out) = e2fsck(Path::new(&disk));
     assert!(clean, "e2fsck on the replica: {out}");
-    let info = std::process::Command::new("qemu-img").args(["info", "--output=json"]).arg(&disk).output().unwrap();
+    // qemu probes a VHD only by a header at offset 0, which fixed VHDs do
+    // not have: name the format, and check that qemu reads the footer's size.
+    let info = std::process::Command::new("qemu-img").args(["info", "-f", "vpc", "--output=json"]).arg(&disk).output().unwrap();
+    assert!(info.status.success(), "qemu-img info -f vpc: {}", String::from_utf8_lossy(&info.stderr));
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(info["format"], "vpc");
+    assert_eq!(info["virtual-size"].as_u64(), Some(std::fs::metadata(master_img).unwrap().len()), "{info:#}");
     let launch = report["details"]["launch"].as_str().unwrap().to_owned();
     assert!(Path::new(&launch).exists(), "no launch definition: {report:#}");
     let s = status(certs, engine, name);

@@ -432,13 +432,21 @@ impl ApplianceScenario {
             let msg = tokio::select! {
                 m = inbox.recv() => m,
                 reason = link.closed() => {
+                    if self.run_state() != RunState::Running {
+                        return Ok(()); // a switchover or a stop closed it
+                    }
                     return Err(format!("connection to the master lost: {reason}"));
                 }
-                _ = not_running(&mut run) => {
+                // During a switchover the session goes on: the master's
+                // last batches still arrive through it.
+                _ = ended(&mut run) => {
                     return Ok(());
                 }
             };
             let Some(msg) = msg else {
+                if self.run_state() != RunState::Running {
+                    return Ok(());
+                }
                 return Err(format!(
                     "connection to the master lost: {}",
                     link.closed_reason().unwrap_or_default()
@@ -871,4 +879,13 @@ fn apply_loop(
 /// Waits until the scenario leaves the running state.
 async fn not_running(rx: &mut watch::Receiver<RunState>) {
     let _ = rx.wait_for(|r| *r != RunState::Running).await.map(|_| ());
+}
+
+/// Waits until the scenario is stopped or has switched over (not merely
+/// switching over: its session still carries the last changes then).
+async fn ended(rx: &mut watch::Receiver<RunState>) {
+    let _ = rx
+        .wait_for(|r| matches!(r, RunState::Stopped | RunState::SwitchedOver))
+        .await
+        .map(|_| ());
 }
