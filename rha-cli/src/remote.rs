@@ -339,7 +339,12 @@ fn appliance_addr(s: &Scenario) -> Option<String> {
 
 async fn client(engine: &str, auth: &Auth) -> Result<Client, ExitError> {
     let security = auth.security("operator")?;
-    Ok(Client::connect(engine, &security, auth.as_name.as_deref().unwrap_or("operator")).await?)
+    Ok(Client::connect(
+        engine,
+        &security,
+        auth.as_name.as_deref().unwrap_or("operator"),
+    )
+    .await?)
 }
 
 const LONG: Duration = Duration::from_secs(7200);
@@ -370,7 +375,11 @@ pub fn scenario(cmd: ScenarioCommand, auth: &Auth) -> Result<ExitCode> {
                         .into());
                     }
                     std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
-                    eprintln!("wrote {}: edit it, then `rha scenario validate {}`", p.display(), p.display());
+                    eprintln!(
+                        "wrote {}: edit it, then `rha scenario validate {}`",
+                        p.display(),
+                        p.display()
+                    );
                 }
                 None => print!("{text}"),
             }
@@ -382,12 +391,17 @@ pub fn scenario(cmd: ScenarioCommand, auth: &Auth) -> Result<ExitCode> {
             engine,
             json,
         } => {
-            let scenario = Scenario::load(&file).map_err(|e| ExitError::new(EXIT_INVALID, e.to_string()))?;
+            let scenario =
+                Scenario::load(&file).map_err(|e| ExitError::new(EXIT_INVALID, e.to_string()))?;
             let validation = scenario.validate();
             if offline || !validation.is_ok() {
                 if json {
-                    let findings: Vec<String> = validation.to_string().lines().map(str::to_owned).collect();
-                    println!("{}", serde_json::json!({"valid": validation.is_ok(), "findings": findings}));
+                    let findings: Vec<String> =
+                        validation.to_string().lines().map(str::to_owned).collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({"valid": validation.is_ok(), "findings": findings})
+                    );
                 } else {
                     println!("{}", validation.to_string().trim_end());
                 }
@@ -397,12 +411,19 @@ pub fn scenario(cmd: ScenarioCommand, auth: &Auth) -> Result<ExitCode> {
                     ExitCode::from(EXIT_INVALID)
                 });
             }
-            let addr = engine.or_else(|| appliance_addr(&scenario)).unwrap_or_default();
+            let addr = engine
+                .or_else(|| appliance_addr(&scenario))
+                .unwrap_or_default();
             let text = std::fs::read_to_string(&file)?;
             let rt = runtime()?;
             let v = rt.block_on(async {
                 let c = client(&addr, auth).await?;
-                let v = c.call(&ControlRequest::Verify { scenario: text }, Duration::from_secs(120)).await?;
+                let v = c
+                    .call(
+                        &ControlRequest::Verify { scenario: text },
+                        Duration::from_secs(120),
+                    )
+                    .await?;
                 c.close().await;
                 Ok::<_, ExitError>(v)
             })?;
@@ -410,18 +431,39 @@ pub fn scenario(cmd: ScenarioCommand, auth: &Auth) -> Result<ExitCode> {
                 println!("{v}");
             } else {
                 println!("{}", validation.to_string().trim_end());
-                println!("appliance `{}`: free {} bytes in {}", v["appliance"]["name"].as_str().unwrap_or("?"), v["appliance"]["free_bytes"], v["appliance"]["disks_dir"].as_str().unwrap_or("?"));
+                println!(
+                    "appliance `{}`: free {} bytes in {}",
+                    v["appliance"]["name"].as_str().unwrap_or("?"),
+                    v["appliance"]["free_bytes"],
+                    v["appliance"]["disks_dir"].as_str().unwrap_or("?")
+                );
                 let m = &v["master"];
                 if m["reachable"].as_bool() == Some(true) {
-                    println!("master `{}`: reachable, protocol {}, {}", m["name"].as_str().unwrap_or("?"), m["protocol_version"], m["software"].as_str().unwrap_or(""));
+                    println!(
+                        "master `{}`: reachable, protocol {}, {}",
+                        m["name"].as_str().unwrap_or("?"),
+                        m["protocol_version"],
+                        m["software"].as_str().unwrap_or("")
+                    );
                     for vol in m["volumes"].as_array().cloned().unwrap_or_default() {
                         println!(
                             "  volume {:<12} {:>14} bytes  {}{}{}",
                             vol["id"].as_str().unwrap_or("?"),
-                            vol["size"].as_u64().map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                            vol["size"]
+                                .as_u64()
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "?".into()),
                             vol["path"].as_str().unwrap_or(""),
-                            if vol["system"].as_bool() == Some(true) { "  (system)" } else { "" },
-                            if vol["exclude"].as_bool() == Some(true) { "  (excluded)" } else { "" },
+                            if vol["system"].as_bool() == Some(true) {
+                                "  (system)"
+                            } else {
+                                ""
+                            },
+                            if vol["exclude"].as_bool() == Some(true) {
+                                "  (excluded)"
+                            } else {
+                                ""
+                            },
                         );
                     }
                 }
@@ -444,19 +486,24 @@ pub fn scenario(cmd: ScenarioCommand, auth: &Auth) -> Result<ExitCode> {
             detach,
             timeout_secs,
         } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let scenario = Scenario::from_toml_str(&text).map_err(|e| ExitError::new(EXIT_INVALID, e.to_string()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let scenario = Scenario::from_toml_str(&text)
+                .map_err(|e| ExitError::new(EXIT_INVALID, e.to_string()))?;
             let validation = scenario.validate();
             if !validation.is_ok() {
                 println!("{}", validation.to_string().trim_end());
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
-            let addr = engine.or_else(|| appliance_addr(&scenario)).unwrap_or_default();
+            let addr = engine
+                .or_else(|| appliance_addr(&scenario))
+                .unwrap_or_default();
             let name = scenario.name.clone();
             let rt = runtime()?;
             rt.block_on(async {
                 let c = client(&addr, auth).await?;
-                c.call(&ControlRequest::Run { scenario: text }, LONG).await?;
+                c.call(&ControlRequest::Run { scenario: text }, LONG)
+                    .await?;
                 eprintln!("scenario `{name}` running on `{}`", c.engine_name());
                 if !detach {
                     follow(&c, &name, Duration::from_secs(timeout_secs)).await?;
@@ -470,7 +517,8 @@ pub fn scenario(cmd: ScenarioCommand, auth: &Auth) -> Result<ExitCode> {
             let rt = runtime()?;
             rt.block_on(async {
                 let c = client(&engine, auth).await?;
-                c.call(&ControlRequest::Stop { name: name.clone() }, LONG).await?;
+                c.call(&ControlRequest::Stop { name: name.clone() }, LONG)
+                    .await?;
                 c.close().await;
                 eprintln!("scenario `{name}` stopped");
                 Ok::<_, ExitError>(())
@@ -481,7 +529,9 @@ pub fn scenario(cmd: ScenarioCommand, auth: &Auth) -> Result<ExitCode> {
             let rt = runtime()?;
             let v = rt.block_on(async {
                 let c = client(&engine, auth).await?;
-                let v = c.call(&ControlRequest::Status { name }, Duration::from_secs(60)).await?;
+                let v = c
+                    .call(&ControlRequest::Status { name }, Duration::from_secs(60))
+                    .await?;
                 c.close().await;
                 Ok::<_, ExitError>(v)
             })?;
@@ -499,7 +549,11 @@ pub fn scenario(cmd: ScenarioCommand, auth: &Auth) -> Result<ExitCode> {
                         s["sync"]["percent"].as_f64().unwrap_or(0.0),
                         s["lag"]["seconds"].as_f64().unwrap_or(0.0),
                         s["lag"]["bytes"],
-                        s["last_event"]["text"].as_str().or(s["last_event"].as_str()).map(|e| format!("\n  last event: {e}")).unwrap_or_default(),
+                        s["last_event"]["text"]
+                            .as_str()
+                            .or(s["last_event"].as_str())
+                            .map(|e| format!("\n  last event: {e}"))
+                            .unwrap_or_default(),
                     );
                 }
             }
@@ -516,7 +570,14 @@ pub fn scenario(cmd: ScenarioCommand, auth: &Auth) -> Result<ExitCode> {
             let v = rt.block_on(async {
                 let c = client(&engine, auth).await?;
                 let v = c
-                    .call(&ControlRequest::Switchover { name, skip_journal, force }, LONG)
+                    .call(
+                        &ControlRequest::Switchover {
+                            name,
+                            skip_journal,
+                            force,
+                        },
+                        LONG,
+                    )
                     .await?;
                 c.close().await;
                 Ok::<_, ExitError>(v)
@@ -538,7 +599,11 @@ fn print_vm(r: &serde_json::Value, json: bool) {
         r["vm_id"].as_str().unwrap_or("?"),
         r["vm_state"].as_str().unwrap_or("?"),
         r["recovery_point_seq"],
-        if r["consistent"].as_bool() == Some(true) { " (consistent)" } else { " (NOT consistent)" },
+        if r["consistent"].as_bool() == Some(true) {
+            " (consistent)"
+        } else {
+            " (NOT consistent)"
+        },
         r["master_step"].as_str().unwrap_or("?"),
     );
     for d in r["disks"].as_array().cloned().unwrap_or_default() {
@@ -569,7 +634,12 @@ async fn follow(c: &Client, name: &str, timeout: Duration) -> Result<(), ExitErr
     let mut last_state = String::new();
     loop {
         let v = c
-            .call(&ControlRequest::Status { name: Some(name.to_owned()) }, Duration::from_secs(60))
+            .call(
+                &ControlRequest::Status {
+                    name: Some(name.to_owned()),
+                },
+                Duration::from_secs(60),
+            )
             .await?;
         let s = &v["scenarios"][0];
         let state = s["state"].as_str().unwrap_or("?").to_owned();
@@ -593,7 +663,13 @@ async fn follow(c: &Client, name: &str, timeout: Duration) -> Result<(), ExitErr
             return Err(ExitError::new(EXIT_STATE, format!("{name}: {state}")));
         }
         if started.elapsed() > timeout {
-            return Err(ExitError::new(EXIT_FAILED, format!("{name}: not consistent after {} s (state {state}); it keeps running", timeout.as_secs())));
+            return Err(ExitError::new(
+                EXIT_FAILED,
+                format!(
+                    "{name}: not consistent after {} s (state {state}); it keeps running",
+                    timeout.as_secs()
+                ),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -611,7 +687,9 @@ pub fn vm(cmd: VmCommand, auth: &Auth) -> Result<ExitCode> {
     let rt = runtime()?;
     let v = rt.block_on(async {
         let c = client(&engine, auth).await?;
-        let v = c.call(&ControlRequest::VmStart { name, point, force }, LONG).await?;
+        let v = c
+            .call(&ControlRequest::VmStart { name, point, force }, LONG)
+            .await?;
         c.close().await;
         Ok::<_, ExitError>(v)
     })?;
@@ -622,7 +700,12 @@ pub fn vm(cmd: VmCommand, auth: &Auth) -> Result<ExitCode> {
 /// `rha cert ...`.
 pub fn cert(cmd: CertCommand) -> Result<ExitCode> {
     let files = match cmd {
-        CertCommand::Ca { dir, name, days, force } => cert::make_ca(&dir, &name, days, force)?,
+        CertCommand::Ca {
+            dir,
+            name,
+            days,
+            force,
+        } => cert::make_ca(&dir, &name, days, force)?,
         CertCommand::Engine {
             dir,
             name,
@@ -630,9 +713,12 @@ pub fn cert(cmd: CertCommand) -> Result<ExitCode> {
             days,
             force,
         } => cert::make_leaf(&dir, &dir, &name, &san, LeafKind::Engine, days, force)?,
-        CertCommand::Operator { dir, name, days, force } => {
-            cert::make_leaf(&dir, &dir, &name, &[], LeafKind::Operator, days, force)?
-        }
+        CertCommand::Operator {
+            dir,
+            name,
+            days,
+            force,
+        } => cert::make_leaf(&dir, &dir, &name, &[], LeafKind::Operator, days, force)?,
     };
     println!("{}\n{}", files.cert.display(), files.key.display());
     Ok(ExitCode::SUCCESS)

@@ -14,12 +14,27 @@ use common::*;
 const MIB: u64 = 1 << 20;
 
 /// Switches over and checks the replica against the master.
-fn switchover_and_check(certs: &Path, engine: &str, name: &str, master_img: &Path, marker: &Path) -> serde_json::Value {
-    let out = rha_ok(certs, &["scenario", "switchover", name, "--engine", engine, "--json"]);
+fn switchover_and_check(
+    certs: &Path,
+    engine: &str,
+    name: &str,
+    master_img: &Path,
+    marker: &Path,
+) -> serde_json::Value {
+    let out = rha_ok(
+        certs,
+        &["scenario", "switchover", name, "--engine", engine, "--json"],
+    );
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["consistent"], true, "{report:#}");
-    assert!(report["vm_id"].as_str().unwrap().contains(name), "{report:#}");
-    assert!(marker.exists(), "the master-side step did not run: {report:#}");
+    assert!(
+        report["vm_id"].as_str().unwrap().contains(name),
+        "{report:#}"
+    );
+    assert!(
+        marker.exists(),
+        "the master-side step did not run: {report:#}"
+    );
     let disk = report["disks"][0].as_str().unwrap().to_owned();
     let (same, why) = qemu_compare(master_img, Path::new(&disk));
     assert!(same, "replica differs from the master: {why}");
@@ -27,12 +42,27 @@ fn switchover_and_check(certs: &Path, engine: &str, name: &str, master_img: &Pat
     assert!(clean, "e2fsck on the replica: {out}");
     // qemu probes a VHD only by a header at offset 0, which fixed VHDs do
     // not have: name the format, and check that qemu reads the footer's size.
-    let info = std::process::Command::new("qemu-img").args(["info", "-f", "vpc", "--output=json"]).arg(&disk).output().unwrap();
-    assert!(info.status.success(), "qemu-img info -f vpc: {}", String::from_utf8_lossy(&info.stderr));
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-f", "vpc", "--output=json"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        info.status.success(),
+        "qemu-img info -f vpc: {}",
+        String::from_utf8_lossy(&info.stderr)
+    );
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(info["virtual-size"].as_u64(), Some(std::fs::metadata(master_img).unwrap().len()), "{info:#}");
+    assert_eq!(
+        info["virtual-size"].as_u64(),
+        Some(std::fs::metadata(master_img).unwrap().len()),
+        "{info:#}"
+    );
     let launch = report["details"]["launch"].as_str().unwrap().to_owned();
-    assert!(Path::new(&launch).exists(), "no launch definition: {report:#}");
+    assert!(
+        Path::new(&launch).exists(),
+        "no launch definition: {report:#}"
+    );
     let s = status(certs, engine, name);
     assert_eq!(s["state"], "switched_over", "{s:#}");
     report
@@ -44,20 +74,50 @@ fn tls_block_sync_live_writes_switchover() {
     let dir = t.path();
     let certs = make_certs(dir);
     let img = make_ext4(dir, "master", 64);
-    let master = EngineProc::start(&certs, "master", &dir.join("m"), &["--listen", "127.0.0.1:0"]);
-    let appliance = EngineProc::start(&certs, "appliance", &dir.join("a"), &["--listen", "127.0.0.1:0"]);
+    let master = EngineProc::start(
+        &certs,
+        "master",
+        &dir.join("m"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let appliance = EngineProc::start(
+        &certs,
+        "appliance",
+        &dir.join("a"),
+        &["--listen", "127.0.0.1:0"],
+    );
     let a = appliance.addr.clone().unwrap();
     let marker = dir.join("master-step-ran");
-    let file = scenario(dir, "e2e", &img, master.port(), appliance.port(), false, &marker);
+    let file = scenario(
+        dir,
+        "e2e",
+        &img,
+        master.port(),
+        appliance.port(),
+        false,
+        &marker,
+    );
 
     // Validation with engine verification: both reachable, the master's volume found.
-    let v = rha_ok(&certs, &["scenario", "validate", file.to_str().unwrap(), "--json"]);
+    let v = rha_ok(
+        &certs,
+        &["scenario", "validate", file.to_str().unwrap(), "--json"],
+    );
     let v: serde_json::Value = serde_json::from_str(v.trim()).unwrap();
     assert_eq!(v["valid"], true, "{v:#}");
     assert_eq!(v["master"]["volumes"][0]["size"], 64 * MIB, "{v:#}");
     assert_eq!(v["master"]["volumes"][0]["system"], true);
 
-    rha_ok(&certs, &["scenario", "run", file.to_str().unwrap(), "--timeout-secs", "120"]);
+    rha_ok(
+        &certs,
+        &[
+            "scenario",
+            "run",
+            file.to_str().unwrap(),
+            "--timeout-secs",
+            "120",
+        ],
+    );
     let s = status(&certs, &a, "e2e");
     assert_eq!(s["replica"]["consistent"], true, "{s:#}");
     // Writes while replicating: files added to the live filesystem image.
@@ -79,18 +139,42 @@ fn nat_mode_master_listens_nowhere() {
     let dir = t.path();
     let certs = make_certs(dir);
     let img = make_ext4(dir, "master", 48);
-    let appliance = EngineProc::start(&certs, "appliance", &dir.join("a"), &["--listen", "127.0.0.1:0"]);
+    let appliance = EngineProc::start(
+        &certs,
+        "appliance",
+        &dir.join("a"),
+        &["--listen", "127.0.0.1:0"],
+    );
     let a = appliance.addr.clone().unwrap();
-    let master = EngineProc::start(&certs, "master", &dir.join("m"), &["--no-listen", "--dial", &a]);
+    let master = EngineProc::start(
+        &certs,
+        "master",
+        &dir.join("m"),
+        &["--no-listen", "--dial", &a],
+    );
     assert!(master.addr.is_none(), "a NAT-mode master must not listen");
     let marker = dir.join("nat-step-ran");
     // The master port is never used in NAT mode: point it at a closed port.
     let file = scenario(dir, "nat", &img, 9, appliance.port(), true, &marker);
-    rha_ok(&certs, &["scenario", "run", file.to_str().unwrap(), "--timeout-secs", "120"]);
+    rha_ok(
+        &certs,
+        &[
+            "scenario",
+            "run",
+            file.to_str().unwrap(),
+            "--timeout-secs",
+            "120",
+        ],
+    );
     debugfs_write(&img, dir, "nat-live.bin", 1024, 7);
-    wait_for(&certs, &a, "nat", 60, "the NAT-mode writes to replicate", |s| {
-        s["changed_bytes"].as_u64().unwrap_or(0) >= MIB
-    });
+    wait_for(
+        &certs,
+        &a,
+        "nat",
+        60,
+        "the NAT-mode writes to replicate",
+        |s| s["changed_bytes"].as_u64().unwrap_or(0) >= MIB,
+    );
     let s = status(&certs, &a, "nat");
     assert_eq!(s["master"]["nat"], true);
     assert_eq!(s["master"]["connected"], true, "{s:#}");
@@ -103,20 +187,55 @@ fn cut_link_mid_sync_and_mid_replication_resumes_without_full_resync() {
     let dir = t.path();
     let certs = make_certs(dir);
     let img = make_ext4(dir, "master", 96);
-    let master = EngineProc::start(&certs, "master", &dir.join("m"), &["--listen", "127.0.0.1:0"]);
-    let appliance = EngineProc::start(&certs, "appliance", &dir.join("a"), &["--listen", "127.0.0.1:0"]);
+    let master = EngineProc::start(
+        &certs,
+        "master",
+        &dir.join("m"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let appliance = EngineProc::start(
+        &certs,
+        "appliance",
+        &dir.join("a"),
+        &["--listen", "127.0.0.1:0"],
+    );
     let a = appliance.addr.clone().unwrap();
     let proxy = Proxy::start(master.addr.clone().unwrap());
     let used: u64 = 5 * MIB; // about what the ext4 image holds (files + metadata)
-    // Cut mid-synchronisation, after about half of the data went through.
-    proxy.cut_at.store(used / 2, std::sync::atomic::Ordering::Relaxed);
+                             // Cut mid-synchronisation, after about half of the data went through.
+    proxy
+        .cut_at
+        .store(used / 2, std::sync::atomic::Ordering::Relaxed);
     let marker = dir.join("cut-step-ran");
-    let file = scenario(dir, "cut", &img, proxy.port, appliance.port(), false, &marker);
-    rha_ok(&certs, &["scenario", "run", file.to_str().unwrap(), "--timeout-secs", "180"]);
+    let file = scenario(
+        dir,
+        "cut",
+        &img,
+        proxy.port,
+        appliance.port(),
+        false,
+        &marker,
+    );
+    rha_ok(
+        &certs,
+        &[
+            "scenario",
+            "run",
+            file.to_str().unwrap(),
+            "--timeout-secs",
+            "180",
+        ],
+    );
     let after_sync = proxy.bytes();
-    assert!(after_sync > used / 2, "the cut did not happen mid-sync ({after_sync} bytes)");
+    assert!(
+        after_sync > used / 2,
+        "the cut did not happen mid-sync ({after_sync} bytes)"
+    );
     // A full second synchronisation would send the used data twice.
-    assert!(after_sync < used * 2, "{after_sync} bytes for about {used} bytes of data: the sync restarted from scratch");
+    assert!(
+        after_sync < used * 2,
+        "{after_sync} bytes for about {used} bytes of data: the sync restarted from scratch"
+    );
 
     // Mid-replication: 4 MiB of writes, cut while they flow, then more writes.
     debugfs_write(&img, dir, "before-cut.bin", 4096, 11);
@@ -124,10 +243,15 @@ fn cut_link_mid_sync_and_mid_replication_resumes_without_full_resync() {
     proxy.cut();
     debugfs_write(&img, dir, "after-cut.bin", 2048, 12);
     wait_for(&certs, &a, "cut", 90, "reconnection and catch-up", |s| {
-        s["master"]["connected"] == true && s["changed_bytes"].as_u64().unwrap_or(0) >= 6 * MIB && s["lag"]["records"] == 0
+        s["master"]["connected"] == true
+            && s["changed_bytes"].as_u64().unwrap_or(0) >= 6 * MIB
+            && s["lag"]["records"] == 0
     });
     let replication = proxy.bytes() - after_sync;
-    assert!(replication < 12 * MIB, "{replication} bytes through the link for 6 MiB of writes: a full resync happened");
+    assert!(
+        replication < 12 * MIB,
+        "{replication} bytes through the link for 6 MiB of writes: a full resync happened"
+    );
     switchover_and_check(&certs, &a, "cut", &img, &marker);
 }
 
@@ -137,13 +261,40 @@ fn master_killed_and_restarted_resumes_with_fast_resync() {
     let dir = t.path();
     let certs = make_certs(dir);
     let img = make_ext4(dir, "master", 96);
-    let mut master = EngineProc::start(&certs, "master", &dir.join("m"), &["--listen", "127.0.0.1:0"]);
-    let appliance = EngineProc::start(&certs, "appliance", &dir.join("a"), &["--listen", "127.0.0.1:0"]);
+    let mut master = EngineProc::start(
+        &certs,
+        "master",
+        &dir.join("m"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let appliance = EngineProc::start(
+        &certs,
+        "appliance",
+        &dir.join("a"),
+        &["--listen", "127.0.0.1:0"],
+    );
     let a = appliance.addr.clone().unwrap();
     let proxy = Proxy::start(master.addr.clone().unwrap());
     let marker = dir.join("kill-step-ran");
-    let file = scenario(dir, "kill", &img, proxy.port, appliance.port(), false, &marker);
-    rha_ok(&certs, &["scenario", "run", file.to_str().unwrap(), "--timeout-secs", "120"]);
+    let file = scenario(
+        dir,
+        "kill",
+        &img,
+        proxy.port,
+        appliance.port(),
+        false,
+        &marker,
+    );
+    rha_ok(
+        &certs,
+        &[
+            "scenario",
+            "run",
+            file.to_str().unwrap(),
+            "--timeout-secs",
+            "120",
+        ],
+    );
     debugfs_write(&img, dir, "before-kill.bin", 2048, 21);
     std::thread::sleep(std::time::Duration::from_millis(100));
     let master_addr = master.addr.clone().unwrap();
@@ -151,11 +302,26 @@ fn master_killed_and_restarted_resumes_with_fast_resync() {
     // Writes while the master engine is down: found by the rescan after restart.
     debugfs_write(&img, dir, "while-down.bin", 1024, 22);
     let before = proxy.bytes();
-    let master = EngineProc::start(&certs, "master", &dir.join("m"), &["--listen", &master_addr]);
-    let s = wait_for(&certs, &a, "kill", 90, "the restarted master to catch up", |s| {
-        s["master"]["connected"] == true && s["state"] == "replicating" && s["replica"]["consistent"] == true && s["lag"]["records"] == 0
-            && s["changed_bytes"].as_u64().unwrap_or(0) > 0
-    });
+    let master = EngineProc::start(
+        &certs,
+        "master",
+        &dir.join("m"),
+        &["--listen", &master_addr],
+    );
+    let s = wait_for(
+        &certs,
+        &a,
+        "kill",
+        90,
+        "the restarted master to catch up",
+        |s| {
+            s["master"]["connected"] == true
+                && s["state"] == "replicating"
+                && s["replica"]["consistent"] == true
+                && s["lag"]["records"] == 0
+                && s["changed_bytes"].as_u64().unwrap_or(0) > 0
+        },
+    );
     // Let the first rescan after the restart run and replicate.
     std::thread::sleep(std::time::Duration::from_millis(800));
     let resumed = proxy.bytes() - before;

@@ -54,7 +54,9 @@ pub enum CertError {
         path: PathBuf,
     },
     /// The CA files are missing.
-    #[error("no CA in {dir} ({missing} is missing): make one first with `rha cert ca --dir {dir}`")]
+    #[error(
+        "no CA in {dir} ({missing} is missing): make one first with `rha cert ca --dir {dir}`"
+    )]
     NoCa {
         /// The directory.
         dir: PathBuf,
@@ -129,7 +131,12 @@ fn check_name(name: &str) -> Result<(), CertError> {
 }
 
 /// Writes `files` unless one exists and `force` is false; the key gets mode 0600.
-fn write_pair(files: &CertFiles, cert_pem: &str, key_pem: &str, force: bool) -> Result<(), CertError> {
+fn write_pair(
+    files: &CertFiles,
+    cert_pem: &str,
+    key_pem: &str,
+    force: bool,
+) -> Result<(), CertError> {
     if !force {
         for p in [&files.cert, &files.key] {
             if p.exists() {
@@ -159,13 +166,23 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
 }
 
 /// Makes a scenario CA in `dir` (`ca.pem`, `ca.key`), valid for `days`.
-pub fn make_ca(dir: &Path, common_name: &str, days: u32, force: bool) -> Result<CertFiles, CertError> {
+pub fn make_ca(
+    dir: &Path,
+    common_name: &str,
+    days: u32,
+    force: bool,
+) -> Result<CertFiles, CertError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let files = CertFiles::in_dir(dir, "ca");
     let key = KeyPair::generate().map_err(crypto("generating the CA key"))?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(crypto("CA parameters"))?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.distinguished_name.push(DnType::OrganizationName, "rha");
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(crypto("CA parameters"))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "rha");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -203,7 +220,8 @@ pub fn make_leaf(
     }
     let ca_pem = std::fs::read_to_string(&ca.cert).map_err(io(&ca.cert))?;
     let ca_key_pem = std::fs::read_to_string(&ca.key).map_err(io(&ca.key))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(crypto(format!("reading {}", ca.key.display())))?;
+    let ca_key =
+        KeyPair::from_pem(&ca_key_pem).map_err(crypto(format!("reading {}", ca.key.display())))?;
     let ca_params = CertificateParams::from_ca_cert_pem(&ca_pem)
         .map_err(crypto(format!("reading {}", ca.cert.display())))?;
     // The issuer as rcgen needs it: same subject and key as the file's CA.
@@ -232,7 +250,9 @@ pub fn make_leaf(
     }
     let mut params = CertificateParams::new(names).map_err(crypto("certificate names"))?;
     params.distinguished_name.push(DnType::CommonName, name);
-    params.distinguished_name.push(DnType::OrganizationName, "rha");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "rha");
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = match kind {
@@ -277,24 +297,64 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let t = tempfile::tempdir().unwrap();
         let ca = make_ca(t.path(), "test CA", 10, false).unwrap();
-        assert!(matches!(make_ca(t.path(), "again", 10, false), Err(CertError::Exists { .. })));
-        let e = make_leaf(t.path(), t.path(), "node1", &["127.0.0.1".into()], LeafKind::Engine, 10, false).unwrap();
-        let o = make_leaf(t.path(), t.path(), "operator", &[], LeafKind::Operator, 10, false).unwrap();
+        assert!(matches!(
+            make_ca(t.path(), "again", 10, false),
+            Err(CertError::Exists { .. })
+        ));
+        let e = make_leaf(
+            t.path(),
+            t.path(),
+            "node1",
+            &["127.0.0.1".into()],
+            LeafKind::Engine,
+            10,
+            false,
+        )
+        .unwrap();
+        let o = make_leaf(
+            t.path(),
+            t.path(),
+            "operator",
+            &[],
+            LeafKind::Operator,
+            10,
+            false,
+        )
+        .unwrap();
         for f in [&ca, &e, &o] {
             let mode = std::fs::metadata(&f.key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", f.key.display());
-            assert!(std::fs::read_to_string(&f.cert).unwrap().contains("BEGIN CERTIFICATE"));
+            assert!(std::fs::read_to_string(&f.cert)
+                .unwrap()
+                .contains("BEGIN CERTIFICATE"));
         }
         assert!(matches!(
             make_leaf(t.path(), t.path(), "ca", &[], LeafKind::Engine, 10, false),
             Err(CertError::BadName { .. })
         ));
         assert!(matches!(
-            make_leaf(t.path(), t.path(), "x", &["not a name!".into()], LeafKind::Engine, 10, false),
+            make_leaf(
+                t.path(),
+                t.path(),
+                "x",
+                &["not a name!".into()],
+                LeafKind::Engine,
+                10,
+                false
+            ),
             Err(CertError::BadName { .. })
         ));
         let empty = tempfile::tempdir().unwrap();
-        let err = make_leaf(empty.path(), empty.path(), "n", &[], LeafKind::Engine, 10, false).unwrap_err();
+        let err = make_leaf(
+            empty.path(),
+            empty.path(),
+            "n",
+            &[],
+            LeafKind::Engine,
+            10,
+            false,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("rha cert ca"), "{err}");
     }
 }

@@ -261,7 +261,9 @@ pub async fn accept(
             })
         }
         Err(e) => {
-            let hint = wire::sniff_foreign(&buf).map(|h| format!(" ({h})")).unwrap_or_default();
+            let hint = wire::sniff_foreign(&buf)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
             return Err(ConnectError::Refused {
                 addr,
                 reason: format!("not an rha handshake: {e}{hint}"),

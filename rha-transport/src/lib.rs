@@ -11,10 +11,10 @@
 //! - [`connect`]: calling and accepting, TLS and the versioned handshake.
 //! - [`engine`]: the engine daemon: master and replica roles, NAT mode, Is Alive, switchover.
 
+pub mod cert;
 pub mod connect;
 pub mod engine;
-pub mod link;
-pub mod wire;
-pub mod cert;
 pub mod limit;
+pub mod link;
 pub mod tls;
+pub mod wire;

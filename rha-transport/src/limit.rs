@@ -63,11 +63,7 @@ impl Schedule {
         let mut hours = Box::new([default; HOURS]);
         for day in Weekday::ALL {
             for hour in 0..24u8 {
-                if let Some(w) = sync
-                    .bandwidth_schedule
-                    .iter()
-                    .find(|w| w.covers(day, hour))
-                {
+                if let Some(w) = sync.bandwidth_schedule.iter().find(|w| w.covers(day, hour)) {
                     hours[usize::from(day.index()) * 24 + usize::from(hour)] =
                         w.limit_kbps.map(to_bytes);
                 }

@@ -129,7 +129,9 @@ pub struct Tls {
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // No key material: only who this side is.
-        f.debug_struct("Tls").field("names", &self.names).finish_non_exhaustive()
+        f.debug_struct("Tls")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
     }
 }
 
@@ -195,55 +197,57 @@ impl Tls {
             key: settings.key.clone(),
             reason: e.to_string(),
         };
-        let (client_verifier, server_verifier): (Arc<dyn ClientCertVerifier>, Arc<dyn ServerCertVerifier>) =
-            match &settings.trust {
-                Trust::Ca { ca } => {
-                    let mut roots = RootCertStore::empty();
-                    for c in load_certs("CA certificate", ca)? {
-                        roots.add(c).map_err(|e| TlsError::Trust {
-                            path: ca.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    }
-                    let roots = Arc::new(roots);
-                    let cv = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                        roots.clone(),
-                        provider.clone(),
-                    )
-                    .build()
-                    .map_err(|e| TlsError::Trust {
+        let (client_verifier, server_verifier): (
+            Arc<dyn ClientCertVerifier>,
+            Arc<dyn ServerCertVerifier>,
+        ) = match &settings.trust {
+            Trust::Ca { ca } => {
+                let mut roots = RootCertStore::empty();
+                for c in load_certs("CA certificate", ca)? {
+                    roots.add(c).map_err(|e| TlsError::Trust {
                         path: ca.clone(),
                         reason: e.to_string(),
                     })?;
-                    let sv = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                        roots,
-                        provider.clone(),
-                    )
-                    .build()
-                    .map_err(|e| TlsError::Trust {
-                        path: ca.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    (cv, sv)
                 }
-                Trust::Pinned { peers } => {
-                    let mut pinned = Vec::new();
-                    for p in peers {
-                        pinned.extend(load_certs("pinned certificate", p)?.into_iter().take(1));
-                    }
-                    if pinned.is_empty() {
-                        return Err(TlsError::Trust {
-                            path: PathBuf::new(),
-                            reason: "no pinned certificates given".into(),
-                        });
-                    }
-                    let p = Arc::new(Pinned {
-                        certs: pinned,
-                        algorithms: provider.signature_verification_algorithms,
+                let roots = Arc::new(roots);
+                let cv = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.clone(),
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| TlsError::Trust {
+                    path: ca.clone(),
+                    reason: e.to_string(),
+                })?;
+                let sv = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    roots,
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| TlsError::Trust {
+                    path: ca.clone(),
+                    reason: e.to_string(),
+                })?;
+                (cv, sv)
+            }
+            Trust::Pinned { peers } => {
+                let mut pinned = Vec::new();
+                for p in peers {
+                    pinned.extend(load_certs("pinned certificate", p)?.into_iter().take(1));
+                }
+                if pinned.is_empty() {
+                    return Err(TlsError::Trust {
+                        path: PathBuf::new(),
+                        reason: "no pinned certificates given".into(),
                     });
-                    (p.clone(), p)
                 }
-            };
+                let p = Arc::new(Pinned {
+                    certs: pinned,
+                    algorithms: provider.signature_verification_algorithms,
+                });
+                (p.clone(), p)
+            }
+        };
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(mismatch)?
@@ -291,15 +295,21 @@ struct Pinned {
 impl Pinned {
     fn check(&self, end_entity: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
         if !self.certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
         }
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity.as_ref()) else {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ));
         };
         let now = now.as_secs() as i64;
         let v = cert.validity();
         if now < v.not_before.timestamp() {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYet));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYet,
+            ));
         }
         if now > v.not_after.timestamp() {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
@@ -317,7 +327,8 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity, now).map(|_| ServerCertVerified::assertion())
+        self.check(end_entity, now)
+            .map(|_| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -354,7 +365,8 @@ impl ClientCertVerifier for Pinned {
         _intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity, now).map(|_| ClientCertVerified::assertion())
+        self.check(end_entity, now)
+            .map(|_| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -433,7 +445,10 @@ fn ip_text(b: &[u8]) -> Option<String> {
 /// Explains a failed TLS handshake (or a TLS error on the first read) as a
 /// sentence that names the cause and what to do.
 pub fn describe_handshake_error(err: &std::io::Error) -> String {
-    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
         return match err.kind() {
             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => format!(
                 "the peer closed the connection during the TLS handshake ({err}): it may not trust \

@@ -38,12 +38,34 @@ pub fn make_certs(dir: &Path) -> PathBuf {
     let certs = dir.join("certs");
     let run = |args: &[&str]| {
         let out = rha().args(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let d = certs.to_str().unwrap();
     run(&["cert", "ca", "--dir", d]);
-    run(&["cert", "engine", "--dir", d, "--name", "master", "--san", "127.0.0.1"]);
-    run(&["cert", "engine", "--dir", d, "--name", "appliance", "--san", "127.0.0.1"]);
+    run(&[
+        "cert",
+        "engine",
+        "--dir",
+        d,
+        "--name",
+        "master",
+        "--san",
+        "127.0.0.1",
+    ]);
+    run(&[
+        "cert",
+        "engine",
+        "--dir",
+        d,
+        "--name",
+        "appliance",
+        "--san",
+        "127.0.0.1",
+    ]);
     run(&["cert", "operator", "--dir", d]);
     certs
 }
@@ -61,9 +83,22 @@ impl EngineProc {
     pub fn start(certs: &Path, name: &str, data: &Path, extra: &[&str]) -> EngineProc {
         std::fs::create_dir_all(data).unwrap();
         let log = data.with_extension("log");
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut child = rha()
-            .args(["engine", "--name", name, "--as", name, "--no-qemu", "--print-addr", "--data"])
+            .args([
+                "engine",
+                "--name",
+                name,
+                "--as",
+                name,
+                "--no-qemu",
+                "--print-addr",
+                "--data",
+            ])
             .arg(data)
             .arg("--certs")
             .arg(certs)
@@ -74,14 +109,36 @@ impl EngineProc {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening ").map(str::to_owned).filter(|a| a != "nowhere");
-        assert!(line.starts_with("listening"), "engine {name} did not start: {line}; log {}", log.display());
-        EngineProc { child, addr, data: data.to_path_buf(), log }
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .map(str::to_owned)
+            .filter(|a| a != "nowhere");
+        assert!(
+            line.starts_with("listening"),
+            "engine {name} did not start: {line}; log {}",
+            log.display()
+        );
+        EngineProc {
+            child,
+            addr,
+            data: data.to_path_buf(),
+            log,
+        }
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.as_ref().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+        self.addr
+            .as_ref()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// kill -9.
@@ -116,13 +173,23 @@ pub fn make_ext4(dir: &Path, name: &str, mib: u64) -> PathBuf {
     }
     let img = dir.join(format!("{name}.img"));
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            "-d",
+        ])
         .arg(&files)
         .arg(&img)
         .arg(format!("{mib}M"))
         .output()
         .expect("mkfs.ext4 (e2fsprogs) is needed; scripts/test.sh installs it");
-    assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     img
 }
 
@@ -145,12 +212,24 @@ pub fn debugfs_write(img: &Path, dir: &Path, name: &str, kib: usize, seed: u64) 
         .arg(img)
         .output()
         .unwrap();
-    assert!(out.status.success(), "debugfs: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "debugfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A scenario file for a master image and the two engines.
 #[allow(clippy::too_many_arguments)]
-pub fn scenario(dir: &Path, name: &str, image: &Path, master_port: u16, appliance_port: u16, nat: bool, step_marker: &Path) -> PathBuf {
+pub fn scenario(
+    dir: &Path,
+    name: &str,
+    image: &Path,
+    master_port: u16,
+    appliance_port: u16,
+    nat: bool,
+    step_marker: &Path,
+) -> PathBuf {
     let text = format!(
         r#"name = "{name}"
 product = "ha"
@@ -212,20 +291,33 @@ memory_mb = 512
 
 /// The scenario's status on an engine, as JSON.
 pub fn status(certs: &Path, engine: &str, name: &str) -> serde_json::Value {
-    let out = rha_ok(certs, &["scenario", "status", name, "--engine", engine, "--json"]);
+    let out = rha_ok(
+        certs,
+        &["scenario", "status", name, "--engine", engine, "--json"],
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["scenarios"][0].clone()
 }
 
 /// Polls until `f` holds, or panics after `secs` with the last status.
-pub fn wait_for(certs: &Path, engine: &str, name: &str, secs: u64, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+pub fn wait_for(
+    certs: &Path,
+    engine: &str,
+    name: &str,
+    secs: u64,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let t = Instant::now();
     loop {
         let s = status(certs, engine, name);
         if f(&s) {
             return s;
         }
-        assert!(t.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}: {s:#}");
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}: {s:#}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -238,13 +330,27 @@ pub fn qemu_compare(master: &Path, replica: &Path) -> (bool, String) {
         .arg(replica)
         .output()
         .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// e2fsck -fn on an image: (clean, output).
 pub fn e2fsck(img: &Path) -> (bool, String) {
     let out = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// A TCP proxy that forwards to `target`, counts bytes, and can cut every connection.
@@ -265,11 +371,19 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
         let cut_at = Arc::new(AtomicU64::new(0));
-        let p = Proxy { port, bytes: bytes.clone(), cut: cut.clone(), conns: conns.clone(), cut_at: cut_at.clone() };
+        let p = Proxy {
+            port,
+            bytes: bytes.clone(),
+            cut: cut.clone(),
+            conns: conns.clone(),
+            cut_at: cut_at.clone(),
+        };
         std::thread::spawn(move || {
             for c in listener.incoming() {
                 let Ok(c) = c else { continue };
-                let Ok(s) = TcpStream::connect(&target) else { continue };
+                let Ok(s) = TcpStream::connect(&target) else {
+                    continue;
+                };
                 conns.lock().unwrap().push(c.try_clone().unwrap());
                 conns.lock().unwrap().push(s.try_clone().unwrap());
                 for (mut a, mut b) in [(c.try_clone().unwrap(), s.try_clone().unwrap()), (s, c)] {

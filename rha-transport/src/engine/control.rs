@@ -105,7 +105,11 @@ impl ClientError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ClientError::Connect(_) | ClientError::Link(_) => 3,
-            ClientError::Refused { code, .. } if code == "wrong_state" || code == "no_such_scenario" => 4,
+            ClientError::Refused { code, .. }
+                if code == "wrong_state" || code == "no_such_scenario" =>
+            {
+                4
+            }
             ClientError::Refused { code, .. } if code == "bad_request" => 2,
             ClientError::Refused { .. } => 1,
         }
@@ -139,13 +143,18 @@ pub struct Client {
 
 impl Client {
     /// Connects to the engine at `addr` (host:port) as operator `name`.
-    pub async fn connect(addr: &str, security: &Security, name: &str) -> Result<Client, ClientError> {
+    pub async fn connect(
+        addr: &str,
+        security: &Security,
+        name: &str,
+    ) -> Result<Client, ClientError> {
         let local = LocalInfo {
             name: name.into(),
             compression: vec![Compression::None],
         };
         let limiter = Arc::new(Limiter::new(Schedule::unlimited()));
-        let (link, _inbox) = connect::dial(addr, security, &local, Intent::Operator, limiter).await?;
+        let (link, _inbox) =
+            connect::dial(addr, security, &local, Intent::Operator, limiter).await?;
         Ok(Client { link })
     }
 
@@ -155,7 +164,11 @@ impl Client {
     }
 
     /// Sends a request and returns the reply's JSON (`{"ok": true, ...}`).
-    pub async fn call(&self, req: &ControlRequest, timeout: Duration) -> Result<serde_json::Value, ClientError> {
+    pub async fn call(
+        &self,
+        req: &ControlRequest,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, ClientError> {
         let json = serde_json::to_string(req).map_err(|e| ClientError::Refused {
             code: "internal".into(),
             message: e.to_string(),
@@ -167,16 +180,20 @@ impl Client {
         let Message::ControlReply { json, .. } = answer else {
             return Err(self.link.unexpected("Control", &answer).into());
         };
-        let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| ClientError::Refused {
-            code: "internal".into(),
-            message: format!("the engine's reply is not JSON: {e}"),
-        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| ClientError::Refused {
+                code: "internal".into(),
+                message: format!("the engine's reply is not JSON: {e}"),
+            })?;
         if v["ok"].as_bool() == Some(true) {
             Ok(v)
         } else {
             Err(ClientError::Refused {
                 code: v["code"].as_str().unwrap_or("internal").into(),
-                message: v["error"].as_str().unwrap_or("the engine refused the request").into(),
+                message: v["error"]
+                    .as_str()
+                    .unwrap_or("the engine refused the request")
+                    .into(),
             })
         }
     }

@@ -66,7 +66,9 @@ pub fn mounts() -> Vec<Mounted> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\134", "\\")
 }
 
 fn device_size(dev: &Path) -> Option<u64> {

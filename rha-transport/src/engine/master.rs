@@ -88,7 +88,14 @@ pub struct MasterScenario {
 
 struct Session {
     stop: Arc<AtomicBool>,
-    ask: Arc<Mutex<Option<(SwitchoverAsk, std::sync::mpsc::SyncSender<Result<SwitchoverDone, String>>)>>>,
+    ask: Arc<
+        Mutex<
+            Option<(
+                SwitchoverAsk,
+                std::sync::mpsc::SyncSender<Result<SwitchoverDone, String>>,
+            )>,
+        >,
+    >,
     link: Link,
 }
 
@@ -254,7 +261,10 @@ impl MasterScenario {
                         }
                         _ => {}
                     }
-                    if !matches!(ev, Event::SyncProgress { .. } | Event::ReplicationLag { .. }) {
+                    if !matches!(
+                        ev,
+                        Event::SyncProgress { .. } | Event::ReplicationLag { .. }
+                    ) {
                         st.last_event = Some(ev.to_string());
                     }
                 }
@@ -309,7 +319,10 @@ impl MasterScenario {
         st.lag_seconds = lag;
         let stats = self.events.stats().snapshot();
         if st.state == "synchronising" {
-            st.sync_bytes_done = stats.blocks_scanned.saturating_mul(4096).min(st.sync_bytes_total);
+            st.sync_bytes_done = stats
+                .blocks_scanned
+                .saturating_mul(4096)
+                .min(st.sync_bytes_total);
         }
         st
     }
@@ -331,8 +344,11 @@ impl MasterScenario {
             ask: ask.clone(),
             link: link.clone(),
         });
-        link.limiter().set_schedule(Schedule::from_settings(&self.scenario.sync));
-        link.set_heartbeat(Duration::from_secs(self.scenario.is_alive.interval_secs.max(1)));
+        link.limiter()
+            .set_schedule(Schedule::from_settings(&self.scenario.sync));
+        link.set_heartbeat(Duration::from_secs(
+            self.scenario.is_alive.interval_secs.max(1),
+        ));
         {
             let mut st = self.lock_status();
             st.replica = Some(link.peer().name.clone());
@@ -363,7 +379,12 @@ impl MasterScenario {
 
     /// Stops the current session's replication thread, if any.
     pub fn stop_session(&self) {
-        if let Some(s) = self.session.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(s) = self
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             s.stop.store(true, Ordering::Relaxed);
             s.link.close("replication session ended");
         }
@@ -382,7 +403,10 @@ impl MasterScenario {
     }
 
     /// Asks the replication thread to finish for a switchover and waits for it.
-    pub(crate) async fn switchover(self: &Arc<Self>, apply_journal: bool) -> Result<SwitchoverDone, String> {
+    pub(crate) async fn switchover(
+        self: &Arc<Self>,
+        apply_journal: bool,
+    ) -> Result<SwitchoverDone, String> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         {
             let guard = self.session.lock().unwrap_or_else(|e| e.into_inner());
@@ -394,7 +418,9 @@ impl MasterScenario {
         }
         let done = tokio::task::spawn_blocking(move || {
             rx.recv_timeout(Duration::from_secs(3600))
-                .map_err(|_| "the replication thread ended before finishing the switchover".to_string())
+                .map_err(|_| {
+                    "the replication thread ended before finishing the switchover".to_string()
+                })
                 .and_then(|r| r)
         })
         .await
@@ -417,7 +443,12 @@ impl MasterScenario {
         &self,
         link: &Link,
         stop: &AtomicBool,
-        ask: &Mutex<Option<(SwitchoverAsk, std::sync::mpsc::SyncSender<Result<SwitchoverDone, String>>)>>,
+        ask: &Mutex<
+            Option<(
+                SwitchoverAsk,
+                std::sync::mpsc::SyncSender<Result<SwitchoverDone, String>>,
+            )>,
+        >,
     ) -> Result<(), SyncError> {
         let source = &*self.source;
         let options = SyncOptions::from(&self.scenario.sync);
@@ -517,7 +548,11 @@ pub async fn run_command(cmd: &CommandSpec, timeout: Duration) -> String {
     let mut c = tokio::process::Command::new(&cmd.program);
     c.args(&cmd.args).kill_on_drop(true);
     match tokio::time::timeout(timeout, c.output()).await {
-        Err(_) => format!("`{}` did not finish within {} s", cmd.program, timeout.as_secs()),
+        Err(_) => format!(
+            "`{}` did not finish within {} s",
+            cmd.program,
+            timeout.as_secs()
+        ),
         Ok(Err(e)) => format!("`{}` could not run: {e}", cmd.program),
         Ok(Ok(out)) if out.status.success() => format!("`{}` succeeded", cmd.program),
         Ok(Ok(out)) => format!(

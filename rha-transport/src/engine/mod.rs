@@ -178,7 +178,9 @@ pub struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("name", &self.config.name).finish()
+        f.debug_struct("Shared")
+            .field("name", &self.config.name)
+            .finish()
     }
 }
 
@@ -263,10 +265,14 @@ impl Engine {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| EngineError::io("create", &config.data_dir, e))?;
         let listener = match &config.listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| EngineError::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| EngineError::Listen {
+                        addr: addr.clone(),
+                        reason: e.to_string(),
+                    })?,
+            ),
             None => None,
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -336,7 +342,10 @@ impl Engine {
             m.stop_session();
             m.stop_capture_only();
         }
-        let apps: Vec<_> = lock(&self.shared.appliances).drain().map(|(_, a)| a).collect();
+        let apps: Vec<_> = lock(&self.shared.appliances)
+            .drain()
+            .map(|(_, a)| a)
+            .collect();
         for a in apps {
             if let Some(l) = a.link() {
                 l.shutdown("engine shutting down").await;
@@ -361,7 +370,9 @@ impl Engine {
             let name = s.name.clone();
             let provided = lock(&shared.provided).get(&name).cloned();
             let data = shared.config.data_dir.clone();
-            match tokio::task::spawn_blocking(move || MasterScenario::open(&data, s, provided)).await {
+            match tokio::task::spawn_blocking(move || MasterScenario::open(&data, s, provided))
+                .await
+            {
                 Ok(Ok(ms)) => {
                     tracing::info!(scenario = %name, "run after reboot: capturing again; the appliance's reconnection resumes replication");
                     lock(&shared.masters).insert(name, ms);
@@ -414,7 +425,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     tracing::info!(peer = %acc.hello.name, %addr, intent = ?acc.hello.intent, "connection accepted");
                     match acc.hello.intent {
                         Intent::Operator => serve_operator(shared, acc.link, acc.inbox).await,
-                        Intent::Engine => serve_master_link(shared, acc.link, acc.inbox, None).await,
+                        Intent::Engine => {
+                            serve_master_link(shared, acc.link, acc.inbox, None).await
+                        }
                         Intent::NatOffer => {
                             lock(&shared.offers).push((acc.link, acc.inbox));
                             shared.offer_added.notify_waiters();
@@ -436,13 +449,26 @@ async fn nat_dial_loop(shared: Arc<Shared>, addr: String) {
             return;
         }
         let local = shared.local_info(vec![Compression::None, Compression::Lz4, Compression::Zstd]);
-        match connect::dial(&addr, &shared.config.security, &local, Intent::NatOffer, Shared::unlimited()).await {
+        match connect::dial(
+            &addr,
+            &shared.config.security,
+            &local,
+            Intent::NatOffer,
+            Shared::unlimited(),
+        )
+        .await
+        {
             Ok((link, inbox)) => {
                 backoff = Duration::from_millis(250);
                 tracing::info!(%addr, "NAT mode: connection offered to the appliance");
                 let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
                 let l2 = link.clone();
-                tokio::spawn(serve_master_link(shared.clone(), link, inbox, Some(taken_tx)));
+                tokio::spawn(serve_master_link(
+                    shared.clone(),
+                    link,
+                    inbox,
+                    Some(taken_tx),
+                ));
                 tokio::select! {
                     _ = taken_rx => {}
                     _ = l2.closed() => {}
@@ -472,17 +498,37 @@ async fn serve_operator(shared: Arc<Shared>, link: Link, mut inbox: mpsc::Receiv
                         let link = link.clone();
                         tokio::spawn(async move {
                             let v = handle_control(&shared, r).await;
-                            let _ = link.send(Message::ControlReply { req, json: v.to_string() }).await;
+                            let _ = link
+                                .send(Message::ControlReply {
+                                    req,
+                                    json: v.to_string(),
+                                })
+                                .await;
                         });
                         continue;
                     }
-                    Err(e) => error_reply(ErrorCode::BadRequest, format!("not a control request: {e}")),
+                    Err(e) => {
+                        error_reply(ErrorCode::BadRequest, format!("not a control request: {e}"))
+                    }
                 };
-                let _ = link.send(Message::ControlReply { req, json: reply.to_string() }).await;
+                let _ = link
+                    .send(Message::ControlReply {
+                        req,
+                        json: reply.to_string(),
+                    })
+                    .await;
             }
             other => {
                 if let Some(req) = other.req() {
-                    link.reply_error(req, ErrorCode::BadRequest, format!("an operator connection may only send Control, not {}", other.name())).await;
+                    link.reply_error(
+                        req,
+                        ErrorCode::BadRequest,
+                        format!(
+                            "an operator connection may only send Control, not {}",
+                            other.name()
+                        ),
+                    )
+                    .await;
                 }
             }
         }
@@ -524,9 +570,15 @@ async fn serve_master_link(
                     }
                 }
             }
-            Message::ReadBlocks { req, volume, offset, len } => {
+            Message::ReadBlocks {
+                req,
+                volume,
+                offset,
+                len,
+            } => {
                 let Some(ms) = current.clone() else {
-                    link.reply_error(req, ErrorCode::WrongState, "open a scenario first").await;
+                    link.reply_error(req, ErrorCode::WrongState, "open a scenario first")
+                        .await;
                     continue;
                 };
                 let r = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
@@ -550,12 +602,20 @@ async fn serve_master_link(
                         let _ = link.send(Message::BlockData { req, data }).await;
                     }
                     Ok(Err(e)) => link.reply_error(req, ErrorCode::BadRequest, e).await,
-                    Err(e) => link.reply_error(req, ErrorCode::Internal, e.to_string()).await,
+                    Err(e) => {
+                        link.reply_error(req, ErrorCode::Internal, e.to_string())
+                            .await
+                    }
                 }
             }
-            Message::Switchover { req, apply_journal, master_step } => {
+            Message::Switchover {
+                req,
+                apply_journal,
+                master_step,
+            } => {
                 let Some(ms) = current.clone() else {
-                    link.reply_error(req, ErrorCode::WrongState, "open a scenario first").await;
+                    link.reply_error(req, ErrorCode::WrongState, "open a scenario first")
+                        .await;
                     continue;
                 };
                 let link = link.clone();
@@ -569,7 +629,11 @@ async fn serve_master_link(
                             };
                             tracing::info!(scenario = %ms.scenario.name, seq = done.seq, "switchover: replication stopped; master step: {step}");
                             let _ = link
-                                .send(Message::SwitchoverReady { req, seq: done.seq, master_step: step })
+                                .send(Message::SwitchoverReady {
+                                    req,
+                                    seq: done.seq,
+                                    master_step: step,
+                                })
                                 .await;
                         }
                         Err(e) => link.reply_error(req, ErrorCode::Master, e).await,
@@ -579,14 +643,26 @@ async fn serve_master_link(
             Message::Control { req, json } => {
                 let v = match serde_json::from_str::<ControlRequest>(&json) {
                     Ok(r) => handle_control(&shared, r).await,
-                    Err(e) => error_reply(ErrorCode::BadRequest, format!("not a control request: {e}")),
+                    Err(e) => {
+                        error_reply(ErrorCode::BadRequest, format!("not a control request: {e}"))
+                    }
                 };
-                let _ = link.send(Message::ControlReply { req, json: v.to_string() }).await;
+                let _ = link
+                    .send(Message::ControlReply {
+                        req,
+                        json: v.to_string(),
+                    })
+                    .await;
             }
             Message::Stats { .. } => {}
             other => {
                 if let Some(req) = other.req() {
-                    link.reply_error(req, ErrorCode::BadRequest, format!("{} is not a request the master serves", other.name())).await;
+                    link.reply_error(
+                        req,
+                        ErrorCode::BadRequest,
+                        format!("{} is not a request the master serves", other.name()),
+                    )
+                    .await;
                 }
             }
         }
@@ -601,11 +677,15 @@ async fn open_master(
     link: &Link,
     text: &str,
 ) -> Result<Arc<MasterScenario>, (ErrorCode, String)> {
-    let scenario = Scenario::from_toml_str(text).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+    let scenario =
+        Scenario::from_toml_str(text).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
     let v = scenario.validate();
     if !v.is_ok() {
         let errs: Vec<String> = v.errors().map(|f| f.to_string()).collect();
-        return Err((ErrorCode::BadRequest, format!("the scenario is not valid: {}", errs.join("; "))));
+        return Err((
+            ErrorCode::BadRequest,
+            format!("the scenario is not valid: {}", errs.join("; ")),
+        ));
     }
     if let Security::Tls(tls) = &shared.config.security {
         let host = &scenario.master.host;
@@ -634,8 +714,10 @@ async fn open_master(
         lock(&shared.masters).remove(&name);
     }
     let dir = shared.config.data_dir.join("master").join(&name);
-    std::fs::create_dir_all(&dir).map_err(|e| (ErrorCode::Internal, format!("{}: {e}", dir.display())))?;
-    write_atomic(&dir.join("scenario.toml"), text.as_bytes()).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| (ErrorCode::Internal, format!("{}: {e}", dir.display())))?;
+    write_atomic(&dir.join("scenario.toml"), text.as_bytes())
+        .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
     let _ = std::fs::remove_file(dir.join("stopped"));
     let provided = lock(&shared.provided).get(&name).cloned();
     let data = shared.config.data_dir.clone();
@@ -783,7 +865,10 @@ async fn handle_control(shared: &Arc<Shared>, req: ControlRequest) -> serde_json
 fn mark_master_stopped(shared: &Shared, name: &str) {
     let dir = shared.config.data_dir.join("master").join(name);
     if dir.exists() {
-        let _ = std::fs::write(dir.join("stopped"), b"stopped by the appliance or an operator\n");
+        let _ = std::fs::write(
+            dir.join("stopped"),
+            b"stopped by the appliance or an operator\n",
+        );
     }
 }
 
@@ -813,7 +898,11 @@ async fn verify(shared: &Arc<Shared>, text: &str) -> serde_json::Value {
             }
         }
         None => shared
-            .dial(&format!("{}:{}", replica::bracket(&s.master.host), s.master.port), Intent::Engine, &s)
+            .dial(
+                &format!("{}:{}", replica::bracket(&s.master.host), s.master.port),
+                Intent::Engine,
+                &s,
+            )
             .await
             .map(|(l, _)| l)
             .map_err(|e| e.to_string()),
@@ -824,9 +913,17 @@ async fn verify(shared: &Arc<Shared>, text: &str) -> serde_json::Value {
             json!({"reachable": false, "error": e})
         }
         Ok(l) => {
-            let json_req = serde_json::to_string(&ControlRequest::Discover { scenario: Some(text.to_owned()) }).unwrap_or_default();
+            let json_req = serde_json::to_string(&ControlRequest::Discover {
+                scenario: Some(text.to_owned()),
+            })
+            .unwrap_or_default();
             let r = l
-                .request("Discover", Duration::from_secs(60), |req| Message::Control { req, json: json_req })
+                .request("Discover", Duration::from_secs(60), |req| {
+                    Message::Control {
+                        req,
+                        json: json_req,
+                    }
+                })
                 .await;
             if owned {
                 l.shutdown("verification done").await;
@@ -837,7 +934,10 @@ async fn verify(shared: &Arc<Shared>, text: &str) -> serde_json::Value {
                     let mut total = 0u64;
                     for vol in v["volumes"].as_array().cloned().unwrap_or_default() {
                         if let Some(p) = vol["problem"].as_str() {
-                            errors.push(format!("master volume `{}`: {p}", vol["id"].as_str().unwrap_or("?")));
+                            errors.push(format!(
+                                "master volume `{}`: {p}",
+                                vol["id"].as_str().unwrap_or("?")
+                            ));
                         }
                         if vol["exclude"].as_bool() != Some(true) {
                             total += vol["size"].as_u64().unwrap_or(0);
@@ -871,7 +971,10 @@ async fn verify(shared: &Arc<Shared>, text: &str) -> serde_json::Value {
         }
     };
     if free.is_none() {
-        warnings.push(format!("cannot tell the free space of {}", disks_dir.display()));
+        warnings.push(format!(
+            "cannot tell the free space of {}",
+            disks_dir.display()
+        ));
     }
     ok(json!({
         "scenario": s.name,

@@ -31,7 +31,11 @@ impl RemotePeer {
         RemotePeer { link }
     }
 
-    fn call(&self, what: &'static str, build: impl FnOnce(u64) -> Message) -> Result<Message, SyncError> {
+    fn call(
+        &self,
+        what: &'static str,
+        build: impl FnOnce(u64) -> Message,
+    ) -> Result<Message, SyncError> {
         self.link
             .request_blocking(what, ANSWER_TIMEOUT, build)
             .map_err(link_error)

@@ -104,7 +104,11 @@ impl std::fmt::Debug for ApplianceScenario {
 
 impl ApplianceScenario {
     /// Creates (or reloads) the scenario's state directory.
-    pub fn new(data_dir: &Path, scenario: Scenario, text: String) -> Result<Arc<Self>, EngineError> {
+    pub fn new(
+        data_dir: &Path,
+        scenario: Scenario,
+        text: String,
+    ) -> Result<Arc<Self>, EngineError> {
         let Replica::Local(local) = &scenario.replica else {
             return Err(EngineError::Invalid(format!(
                 "scenario `{}` replicates to Azure: this engine serves local replicas (the Azure adapter is rha-azure)",
@@ -130,7 +134,10 @@ impl ApplianceScenario {
                 .name(format!("rha-events-{}", scenario.name))
                 .spawn(move || {
                     while let Ok(ev) = rx.recv() {
-                        if !matches!(ev, Event::SyncProgress { .. } | Event::ReplicationLag { .. }) {
+                        if !matches!(
+                            ev,
+                            Event::SyncProgress { .. } | Event::ReplicationLag { .. }
+                        ) {
                             *last.lock().unwrap_or_else(|e| e.into_inner()) =
                                 Some((crate::link::now_ms(), ev.to_string()));
                         }
@@ -179,7 +186,11 @@ impl ApplianceScenario {
         self.run.send_replace(s);
         let p = Persisted {
             run: s,
-            switchover: self.switchover.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            switchover: self
+                .switchover
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         };
         if let Ok(text) = serde_json::to_vec_pretty(&p) {
             if let Err(e) = super::write_atomic(&self.dir.join("state.json"), &text) {
@@ -239,14 +250,12 @@ impl ApplianceScenario {
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
         }
-        let sink = Arc::new(
-            FileSink::open(&self.disks_dir).map_err(|e| {
-                EngineError::Sink(format!(
-                    "no replica disks in {}: {e} (has the scenario ever synchronised?)",
-                    self.disks_dir.display()
-                ))
-            })?,
-        );
+        let sink = Arc::new(FileSink::open(&self.disks_dir).map_err(|e| {
+            EngineError::Sink(format!(
+                "no replica disks in {}: {e} (has the scenario ever synchronised?)",
+                self.disks_dir.display()
+            ))
+        })?);
         *guard = Some(sink.clone());
         Ok(sink)
     }
@@ -264,7 +273,10 @@ impl ApplianceScenario {
             .unwrap_or(serde_json::Value::Null);
         let run = self.run_state();
         let phase = self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let not_responding = *self.not_responding.lock().unwrap_or_else(|e| e.into_inner());
+        let not_responding = *self
+            .not_responding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let state = match run {
             RunState::Stopped => "stopped".to_string(),
             RunState::SwitchingOver => "switching_over".into(),
@@ -279,7 +291,11 @@ impl ApplianceScenario {
         let st = &master["stats"];
         let total = m["sync_bytes_total"].as_u64().unwrap_or(0);
         let done = m["sync_bytes_done"].as_u64().unwrap_or(0);
-        let last_event = self.last_event.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let last_event = self
+            .last_event
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         serde_json::json!({
             "name": self.scenario.name,
             "role": "replica",
@@ -349,7 +365,11 @@ impl ApplianceScenario {
             }
             link.close("session ended");
             *self.link.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            let done = self.apply_done.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let done = self
+                .apply_done
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             if let Some(h) = done {
                 let _ = h.await;
             }
@@ -399,7 +419,9 @@ impl ApplianceScenario {
         else {
             return Err(link.unexpected("OpenScenario", &opened).to_string());
         };
-        link.set_heartbeat(Duration::from_secs(self.scenario.is_alive.interval_secs.max(1)));
+        link.set_heartbeat(Duration::from_secs(
+            self.scenario.is_alive.interval_secs.max(1),
+        ));
         let sink = {
             let me = self.clone();
             let sizes = sizes.clone();
@@ -421,12 +443,22 @@ impl ApplianceScenario {
             let events = self.events.clone();
             let applied_at = self.applied_at_ms.clone();
             tokio::task::spawn_blocking(move || {
-                apply_loop(&*sink, rx, &link, &dir, &journal_id, fresh, &events, &applied_at)
+                apply_loop(
+                    &*sink,
+                    rx,
+                    &link,
+                    &dir,
+                    &journal_id,
+                    fresh,
+                    &events,
+                    &applied_at,
+                )
             })
         };
-        *self.apply_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::spawn(async move {
-            let _ = apply.await;
-        }));
+        *self.apply_done.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::spawn(async move {
+                let _ = apply.await;
+            }));
         let mut run = self.run.subscribe();
         loop {
             let msg = tokio::select! {
@@ -473,7 +505,12 @@ impl ApplianceScenario {
                 }
                 other => {
                     if let Some(req) = other.req() {
-                        link.reply_error(req, ErrorCode::BadRequest, format!("{} is not a request the appliance serves", other.name())).await;
+                        link.reply_error(
+                            req,
+                            ErrorCode::BadRequest,
+                            format!("{} is not a request the appliance serves", other.name()),
+                        )
+                        .await;
                     }
                 }
             }
@@ -515,7 +552,8 @@ impl ApplianceScenario {
                     Check::Tcp { host, port } => {
                         let addr = format!("{}:{port}", bracket(host));
                         let ok = matches!(
-                            tokio::time::timeout(every, tokio::net::TcpStream::connect(&addr)).await,
+                            tokio::time::timeout(every, tokio::net::TcpStream::connect(&addr))
+                                .await,
                             Ok(Ok(_))
                         );
                         if !ok {
@@ -543,12 +581,21 @@ impl ApplianceScenario {
                 }
                 last.elapsed()
             };
-            let was = *self.not_responding.lock().unwrap_or_else(|e| e.into_inner());
+            let was = *self
+                .not_responding
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if alive && was {
-                *self.not_responding.lock().unwrap_or_else(|e| e.into_inner()) = false;
+                *self
+                    .not_responding
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = false;
                 tracing::info!(scenario = %self.scenario.name, "the master responds again");
             } else if !alive && !was && since >= timeout {
-                *self.not_responding.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                *self
+                    .not_responding
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = true;
                 self.events.emit(Event::MasterNotResponding {
                     seconds: since.as_secs_f64(),
                 });
@@ -577,7 +624,8 @@ impl ApplianceScenario {
             let _ = link
                 .request("stop", Duration::from_secs(10), |req| Message::Control {
                     req,
-                    json: serde_json::json!({"command": "stop_master", "name": self.scenario.name}).to_string(),
+                    json: serde_json::json!({"command": "stop_master", "name": self.scenario.name})
+                        .to_string(),
                 })
                 .await;
             link.shutdown("scenario stopped").await;
@@ -615,10 +663,12 @@ impl ApplianceScenario {
         if let Some(link) = &link {
             let wants_step = self.scenario.switchover.disable_master_network.is_some();
             match link
-                .request("Switchover", Duration::from_secs(3600), |req| Message::Switchover {
-                    req,
-                    apply_journal,
-                    master_step: wants_step,
+                .request("Switchover", Duration::from_secs(3600), |req| {
+                    Message::Switchover {
+                        req,
+                        apply_journal,
+                        master_step: wants_step,
+                    }
                 })
                 .await
             {
@@ -631,11 +681,17 @@ impl ApplianceScenario {
             link.shutdown("switchover").await;
         }
         // Let the replica writer finish what arrived.
-        let done = self.apply_done.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(h) = done {
+        let done = self
+            .apply_done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = done {
             let _ = h.await;
         }
-        let result = self.start_vm(shared, force, apply_journal, master_step).await;
+        let result = self
+            .start_vm(shared, force, apply_journal, master_step)
+            .await;
         match result {
             Ok(report) => {
                 *self.switchover.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
@@ -675,7 +731,12 @@ impl ApplianceScenario {
             ));
         }
         let paths = sink.disk_paths();
-        let replicated: Vec<_> = self.scenario.volumes.iter().filter(|v| !v.exclude).collect();
+        let replicated: Vec<_> = self
+            .scenario
+            .volumes
+            .iter()
+            .filter(|v| !v.exclude)
+            .collect();
         let mut disks = Vec::new();
         for (i, p) in paths.iter().enumerate() {
             let size = sink
@@ -683,7 +744,10 @@ impl ApplianceScenario {
                 .map(|v| v.size())
                 .map_err(|e| (ErrorCode::Replica, e.to_string()))?;
             disks.push(DiskRef {
-                name: replicated.get(i).map(|v| v.id.clone()).unwrap_or_else(|| format!("disk{i}")),
+                name: replicated
+                    .get(i)
+                    .map(|v| v.id.clone())
+                    .unwrap_or_else(|| format!("disk{i}")),
                 location: p.display().to_string(),
                 size,
                 system: replicated.get(i).is_some_and(|v| v.system),
@@ -723,17 +787,25 @@ impl ApplianceScenario {
     }
 
     /// `rha vm start`: the VM from the replica disks of a stopped scenario.
-    pub async fn vm_start(self: &Arc<Self>, shared: &Shared, point: &str, force: bool) -> Result<serde_json::Value, (ErrorCode, String)> {
+    pub async fn vm_start(
+        self: &Arc<Self>,
+        shared: &Shared,
+        point: &str,
+        force: bool,
+    ) -> Result<serde_json::Value, (ErrorCode, String)> {
         if point != "latest" {
             return Err((
                 ErrorCode::BadRequest,
-                format!("recovery point `{point}` is not available: local replicas keep only `latest`"),
+                format!(
+                    "recovery point `{point}` is not available: local replicas keep only `latest`"
+                ),
             ));
         }
         if self.run_state() == RunState::Running || self.run_state() == RunState::SwitchingOver {
             return Err((
                 ErrorCode::WrongState,
-                "the scenario is running: stop it first (`rha scenario stop`), or switch over".into(),
+                "the scenario is running: stop it first (`rha scenario stop`), or switch over"
+                    .into(),
             ));
         }
         let report = self
@@ -797,13 +869,15 @@ fn apply_loop(
             Message::BeginSync { req, sizes } => {
                 failed = None;
                 match peer.begin_sync(&sizes) {
-                    Ok(()) => match super::write_atomic(&dir.join("journal-id"), journal_id.as_bytes()) {
-                        Ok(()) => {
-                            fresh = false;
-                            reply(Message::Ok { req })
+                    Ok(()) => {
+                        match super::write_atomic(&dir.join("journal-id"), journal_id.as_bytes()) {
+                            Ok(()) => {
+                                fresh = false;
+                                reply(Message::Ok { req })
+                            }
+                            Err(e) => reply(error(req, ErrorCode::Replica, e.to_string())),
                         }
-                        Err(e) => reply(error(req, ErrorCode::Replica, e.to_string())),
-                    },
+                    }
                     Err(e) => reply(error(req, ErrorCode::Replica, e.to_string())),
                 }
             }
@@ -859,16 +933,24 @@ fn apply_loop(
                 Err(e) => reply(error(req, ErrorCode::Replica, e.to_string())),
             },
             Message::Bookmark { req, name, seq } => {
-                let line = serde_json::json!({"name": name, "seq": seq, "time_ms": crate::link::now_ms()}).to_string();
+                let line =
+                    serde_json::json!({"name": name, "seq": seq, "time_ms": crate::link::now_ms()})
+                        .to_string();
                 let path = dir.join("bookmarks.jsonl");
                 let r = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(&path)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+                    .and_then(|mut f| {
+                        std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())
+                    });
                 match r {
                     Ok(()) => reply(Message::Ok { req }),
-                    Err(e) => reply(error(req, ErrorCode::Replica, format!("{}: {e}", path.display()))),
+                    Err(e) => reply(error(
+                        req,
+                        ErrorCode::Replica,
+                        format!("{}: {e}", path.display()),
+                    )),
                 }
             }
             _ => {}
