@@ -329,3 +329,118 @@ fn master_killed_and_restarted_resumes_with_fast_resync() {
     switchover_and_check(&certs, &a, "kill", &img, &marker);
     drop(master);
 }
+
+/// Rewrites a scenario file made by `scenario()`: `edit` gets its text.
+fn edit_scenario(file: &Path, edit: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(file).unwrap();
+    std::fs::write(file, edit(text)).unwrap();
+}
+
+/// Is Alive with the manual switchover of a DR scenario: a failing check
+/// (here a command whose exit status the test controls, beside the TCP check
+/// and the heartbeat) raises "master not responding" and nothing switches
+/// over by itself; the master coming back clears it. Then `scenario stop`
+/// and `vm start --point latest` start the VM from the replica.
+#[test]
+fn is_alive_checks_manual_mode_then_stop_and_vm_start() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let certs = make_certs(dir);
+    let img = make_ext4(dir, "master", 32);
+    let master = EngineProc::start(&certs, "master", &dir.join("m"), &["--listen", "127.0.0.1:0"]);
+    let appliance = EngineProc::start(&certs, "appliance", &dir.join("a"), &["--listen", "127.0.0.1:0"]);
+    let a = appliance.addr.clone().unwrap();
+    let marker = dir.join("alive-step-ran");
+    let down = dir.join("master-is-down");
+    let file = scenario(dir, "alive", &img, master.port(), appliance.port(), false, &marker);
+    let checks = format!(
+        "[[is_alive.checks]]\ntype = \"heartbeat\"\n\n[[is_alive.checks]]\ntype = \"tcp\"\nhost = \"127.0.0.1\"\nport = {}\n\n\
+         [[is_alive.checks]]\ntype = \"command\"\nprogram = \"test\"\nargs = [\"!\", \"-e\", \"{}\"]\n\n[switchover]",
+        master.port(),
+        down.display()
+    );
+    edit_scenario(&file, |s| s.replacen("[switchover]", &checks, 1));
+    rha_ok(&certs, &["scenario", "validate", "--offline", file.to_str().unwrap()]);
+    rha_ok(&certs, &["scenario", "run", file.to_str().unwrap(), "--timeout-secs", "120"]);
+
+    // The command check fails: after the 3 s timeout, "master not responding".
+    std::fs::write(&down, b"").unwrap();
+    let s = wait_for(&certs, &a, "alive", 30, "master not responding", |s| s["state"] == "master_not_responding");
+    assert!(
+        s["last_event"]["text"].as_str().unwrap_or("").contains("not responding"),
+        "{s:#}"
+    );
+    // Manual mode: no switchover by itself.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let s = status(&certs, &a, "alive");
+    assert_eq!(s["state"], "master_not_responding", "{s:#}");
+    assert!(s["switchover"].is_null(), "{s:#}");
+    // The master answers again.
+    std::fs::remove_file(&down).unwrap();
+    wait_for(&certs, &a, "alive", 30, "the master to respond again", |s| s["state"] == "replicating");
+
+    // Stop, then start the VM from the replica.
+    debugfs_write(&img, dir, "before-stop.bin", 256, 31);
+    // Rescan capture finds a write within its interval (200 ms): give it
+    // a few intervals, then wait until everything found was applied.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    wait_for(&certs, &a, "alive", 60, "the last write to replicate", |s| {
+        s["changed_bytes"].as_u64().unwrap_or(0) >= 256 * 1024 && s["lag"]["records"] == 0
+    });
+    let out = rha()
+        .args(["vm", "start", "alive", "--engine", &a, "--json", "--certs"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "vm start while running must say: wrong state");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+    rha_ok(&certs, &["scenario", "stop", "alive", "--engine", &a]);
+    assert_eq!(status(&certs, &a, "alive")["state"], "stopped");
+    let out = rha()
+        .args(["vm", "start", "alive", "--point", "yesterday", "--engine", &a, "--certs"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown recovery point is invalid input");
+    let v = rha_ok(&certs, &["vm", "start", "alive", "--point", "latest", "--engine", &a, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(v.trim()).unwrap();
+    assert_eq!(v["consistent"], true, "{v:#}");
+    let disk = v["disks"][0].as_str().unwrap().to_owned();
+    let (same, why) = qemu_compare(&img, Path::new(&disk));
+    assert!(same, "replica differs from the master after stop: {why}");
+    assert!(!marker.exists(), "vm start must not run the master-side step");
+    drop(master);
+}
+
+/// A local HA scenario with automatic switchover: the master engine dies,
+/// the appliance notices within the timeout and starts the VM by itself.
+#[test]
+fn is_alive_local_automatic_switchover_when_the_master_dies() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let certs = make_certs(dir);
+    let img = make_ext4(dir, "master", 32);
+    let mut master = EngineProc::start(&certs, "master", &dir.join("m"), &["--listen", "127.0.0.1:0"]);
+    let appliance = EngineProc::start(&certs, "appliance", &dir.join("a"), &["--listen", "127.0.0.1:0"]);
+    let a = appliance.addr.clone().unwrap();
+    let marker = dir.join("auto-step-ran");
+    let file = scenario(dir, "auto", &img, master.port(), appliance.port(), false, &marker);
+    edit_scenario(&file, |s| s.replacen("mode = \"manual\"", "mode = \"automatic\"", 1));
+    rha_ok(&certs, &["scenario", "run", file.to_str().unwrap(), "--timeout-secs", "120"]);
+    debugfs_write(&img, dir, "last-words.bin", 512, 41);
+    // Rescan capture finds a write within its interval (200 ms): give it
+    // a few intervals, then wait until everything found was applied.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    wait_for(&certs, &a, "auto", 60, "the last write to replicate", |s| {
+        s["changed_bytes"].as_u64().unwrap_or(0) >= 512 * 1024 && s["lag"]["records"] == 0
+    });
+    master.kill();
+    let s = wait_for(&certs, &a, "auto", 40, "the automatic switchover", |s| s["state"] == "switched_over");
+    let report = &s["switchover"];
+    assert_eq!(report["consistent"], true, "{s:#}");
+    let disk = report["disks"][0].as_str().unwrap().to_owned();
+    let (same, why) = qemu_compare(&img, Path::new(&disk));
+    assert!(same, "the automatic switchover's replica differs from the master: {why}");
+    let (clean, out) = e2fsck(Path::new(&disk));
+    assert!(clean, "e2fsck on the replica: {out}");
+}
