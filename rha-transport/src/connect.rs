@@ -85,6 +85,11 @@ pub struct LocalInfo {
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The largest handshake message accepted: a Hello or Welcome is a few
+/// hundred bytes, so a peer that is not rha (a TLS hello read as plaintext,
+/// say) is refused at once instead of being waited for.
+const HANDSHAKE_MAX_FRAME: usize = 64 * 1024;
+
 /// The software string sent in handshakes.
 pub fn software() -> String {
     format!("rha {}", env!("CARGO_PKG_VERSION"))
@@ -170,7 +175,7 @@ pub async fn dial(
 }
 
 async fn client_handshake(stream: &mut BoxStream, hello: Hello) -> Result<Welcome, String> {
-    let mut codec = Codec::new(DEFAULT_MAX_FRAME);
+    let mut codec = Codec::new(HANDSHAKE_MAX_FRAME);
     wire::write_message(stream, &mut codec, &Message::Hello(hello))
         .await
         .map_err(|e| format!("sending the handshake failed: {e}"))?;
@@ -187,7 +192,12 @@ async fn client_handshake(stream: &mut BoxStream, hello: Hello) -> Result<Welcom
             other.name()
         )),
         Ok(None) => Err("the peer closed the connection during the handshake (wrong certificate, or TLS on one side only?)".into()),
-        Err(e) => Err(format!("the peer's answer is not rha protocol: {e}")),
+        Err(e) => {
+            let hint = wire::sniff_foreign(&buf)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            Err(format!("the peer's answer is not rha protocol: {e}{hint}"))
+        }
     }
 }
 
@@ -235,7 +245,7 @@ pub async fn accept(
             (Box::new(s), names)
         }
     };
-    let mut codec = Codec::new(DEFAULT_MAX_FRAME);
+    let mut codec = Codec::new(HANDSHAKE_MAX_FRAME);
     let mut buf = BytesMut::new();
     let first = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,

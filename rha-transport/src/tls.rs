@@ -470,9 +470,11 @@ fn describe_rustls(e: &rustls::Error) -> String {
             CertificateError::UnknownIssuer => "the peer's certificate is not signed by our CA (ca.pem): \
                 both engines need certificates from the same `rha cert ca`"
                 .into(),
-            CertificateError::BadSignature => "the peer's certificate has a bad signature: it was not made \
-                by our CA, or was altered"
-                .into(),
+            CertificateError::BadSignature => {
+                "the peer's certificate is not signed by our CA (ca.pem): another CA of the same name \
+                 signed it (or it was altered); both engines need certificates from the same `rha cert ca`"
+                    .into()
+            }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!(
                 "the peer's certificate has expired ({e}): make a new one with `rha cert engine --force`"
             ),
