@@ -86,16 +86,18 @@ pub struct MasterScenario {
     seen: Mutex<std::collections::VecDeque<(Seq, Instant)>>,
 }
 
+/// Where a switchover request waits for the replication thread, with the
+/// channel its answer goes back on.
+type AskSlot = Mutex<
+    Option<(
+        SwitchoverAsk,
+        std::sync::mpsc::SyncSender<Result<SwitchoverDone, String>>,
+    )>,
+>;
+
 struct Session {
     stop: Arc<AtomicBool>,
-    ask: Arc<
-        Mutex<
-            Option<(
-                SwitchoverAsk,
-                std::sync::mpsc::SyncSender<Result<SwitchoverDone, String>>,
-            )>,
-        >,
-    >,
+    ask: Arc<AskSlot>,
     link: Link,
 }
 
@@ -439,17 +441,7 @@ impl MasterScenario {
     }
 
     /// The replication thread: synchronise when needed, then replicate until stopped.
-    fn replicate(
-        &self,
-        link: &Link,
-        stop: &AtomicBool,
-        ask: &Mutex<
-            Option<(
-                SwitchoverAsk,
-                std::sync::mpsc::SyncSender<Result<SwitchoverDone, String>>,
-            )>,
-        >,
-    ) -> Result<(), SyncError> {
+    fn replicate(&self, link: &Link, stop: &AtomicBool, ask: &AskSlot) -> Result<(), SyncError> {
         let source = &*self.source;
         let options = SyncOptions::from(&self.scenario.sync);
         let mut peer = RemotePeer::new(link.clone());

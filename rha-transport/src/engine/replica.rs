@@ -889,24 +889,23 @@ fn apply_loop(
                 volume,
                 offset,
                 data,
-            } => {
-                if failed.is_none() {
-                    if let Err(e) = peer.write(volume, offset, &data) {
-                        failed = Some(format!("writing volume {volume} at {offset}: {e}"));
-                    }
+            } if failed.is_none() => {
+                if let Err(e) = peer.write(volume, offset, &data) {
+                    failed = Some(format!("writing volume {volume} at {offset}: {e}"));
                 }
             }
             Message::Zero {
                 volume,
                 offset,
                 len,
-            } => {
-                if failed.is_none() {
-                    if let Err(e) = peer.zero(volume, offset, len) {
-                        failed = Some(format!("zeroing volume {volume} at {offset}: {e}"));
-                    }
+            } if failed.is_none() => {
+                if let Err(e) = peer.zero(volume, offset, len) {
+                    failed = Some(format!("zeroing volume {volume} at {offset}: {e}"));
                 }
             }
+            // After a failure the rest of the synchronisation's data is
+            // skipped; EndSync reports the failure.
+            Message::Write { .. } | Message::Zero { .. } => {}
             Message::EndSync { req, base } => {
                 if let Some(f) = failed.take() {
                     reply(error(req, ErrorCode::Replica, f));
