@@ -444,3 +444,65 @@ fn is_alive_local_automatic_switchover_when_the_master_dies() {
     let (clean, out) = e2fsck(Path::new(&disk));
     assert!(clean, "e2fsck on the replica: {out}");
 }
+
+/// Exit codes scripts rely on, and messages that say what to do.
+#[test]
+fn cli_exit_codes_and_messages() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let certs = make_certs(dir);
+    let run = |args: &[&str]| {
+        let out = rha().args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let c = certs.to_str().unwrap();
+
+    // `scenario new` writes a template that validates; it never overwrites.
+    let new = dir.join("new.toml");
+    let (code, _, err) = run(&["scenario", "new", "--template", "local", "-o", new.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, _) = run(&["scenario", "validate", "--offline", new.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "the local template must validate: {out}");
+    let (code, _, err) = run(&["scenario", "new", "-o", new.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("exists"), "{err}");
+    let (code, out, _) = run(&["scenario", "new", "--template", "azure"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("[replica.azure]"), "{out}");
+
+    // No certificates: invalid input, with what to pass.
+    let (code, _, err) = run(&["scenario", "status", "--engine", "127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--certs"), "{err}");
+    // Nobody listening: unreachable.
+    let (code, _, err) = run(&["scenario", "status", "--engine", "127.0.0.1:1", "--certs", c]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+
+    let appliance = EngineProc::start(&certs, "appliance", &dir.join("a"), &["--listen", "127.0.0.1:0"]);
+    let a = appliance.addr.clone().unwrap();
+    // An unknown scenario: wrong state (4).
+    let (code, _, err) = run(&["scenario", "status", "nosuch", "--engine", &a, "--certs", c]);
+    assert_eq!(code, Some(4), "{err}");
+    let (code, _, err) = run(&["scenario", "switchover", "nosuch", "--engine", &a, "--certs", c]);
+    assert_eq!(code, Some(4), "{err}");
+    // An operator certificate from another CA: refused, and the message says why.
+    let other = dir.join("other-certs");
+    let (code, _, err) = run(&["cert", "ca", "--dir", other.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    run(&["cert", "operator", "--dir", other.to_str().unwrap()]);
+    // Trust the engine's CA but present the other CA's operator certificate.
+    std::fs::copy(certs.join("ca.pem"), other.join("ca.pem")).unwrap();
+    let (code, _, err) = run(&["scenario", "status", "--engine", &a, "--certs", other.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("certificate"), "{err}");
+    // Status of all scenarios on a fresh engine: none, exit 0.
+    let (code, out, err) = run(&["scenario", "status", "--engine", &a, "--certs", c, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["scenarios"].as_array().map(Vec::len), Some(0), "{v:#}");
+}

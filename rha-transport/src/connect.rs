@@ -192,6 +192,11 @@ async fn client_handshake(stream: &mut BoxStream, hello: Hello) -> Result<Welcom
             other.name()
         )),
         Ok(None) => Err("the peer closed the connection during the handshake (wrong certificate, or TLS on one side only?)".into()),
+        // TLS 1.3: the server checks our certificate after our side of the
+        // handshake is done, so its refusal arrives on this first read.
+        Err(wire::WireError::Io(e)) if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+            Err(tls::describe_handshake_error(&e))
+        }
         Err(e) => {
             let hint = wire::sniff_foreign(&buf)
                 .map(|h| format!(" ({h})"))
