@@ -347,12 +347,30 @@ fn is_alive_checks_manual_mode_then_stop_and_vm_start() {
     let dir = t.path();
     let certs = make_certs(dir);
     let img = make_ext4(dir, "master", 32);
-    let master = EngineProc::start(&certs, "master", &dir.join("m"), &["--listen", "127.0.0.1:0"]);
-    let appliance = EngineProc::start(&certs, "appliance", &dir.join("a"), &["--listen", "127.0.0.1:0"]);
+    let master = EngineProc::start(
+        &certs,
+        "master",
+        &dir.join("m"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let appliance = EngineProc::start(
+        &certs,
+        "appliance",
+        &dir.join("a"),
+        &["--listen", "127.0.0.1:0"],
+    );
     let a = appliance.addr.clone().unwrap();
     let marker = dir.join("alive-step-ran");
     let down = dir.join("master-is-down");
-    let file = scenario(dir, "alive", &img, master.port(), appliance.port(), false, &marker);
+    let file = scenario(
+        dir,
+        "alive",
+        &img,
+        master.port(),
+        appliance.port(),
+        false,
+        &marker,
+    );
     let checks = format!(
         "[[is_alive.checks]]\ntype = \"heartbeat\"\n\n[[is_alive.checks]]\ntype = \"tcp\"\nhost = \"127.0.0.1\"\nport = {}\n\n\
          [[is_alive.checks]]\ntype = \"command\"\nprogram = \"test\"\nargs = [\"!\", \"-e\", \"{}\"]\n\n[switchover]",
@@ -360,14 +378,31 @@ fn is_alive_checks_manual_mode_then_stop_and_vm_start() {
         down.display()
     );
     edit_scenario(&file, |s| s.replacen("[switchover]", &checks, 1));
-    rha_ok(&certs, &["scenario", "validate", "--offline", file.to_str().unwrap()]);
-    rha_ok(&certs, &["scenario", "run", file.to_str().unwrap(), "--timeout-secs", "120"]);
+    rha_ok(
+        &certs,
+        &["scenario", "validate", "--offline", file.to_str().unwrap()],
+    );
+    rha_ok(
+        &certs,
+        &[
+            "scenario",
+            "run",
+            file.to_str().unwrap(),
+            "--timeout-secs",
+            "120",
+        ],
+    );
 
     // The command check fails: after the 3 s timeout, "master not responding".
     std::fs::write(&down, b"").unwrap();
-    let s = wait_for(&certs, &a, "alive", 30, "master not responding", |s| s["state"] == "master_not_responding");
+    let s = wait_for(&certs, &a, "alive", 30, "master not responding", |s| {
+        s["state"] == "master_not_responding"
+    });
     assert!(
-        s["last_event"]["text"].as_str().unwrap_or("").contains("not responding"),
+        s["last_event"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not responding"),
         "{s:#}"
     );
     // Manual mode: no switchover by itself.
@@ -377,38 +412,75 @@ fn is_alive_checks_manual_mode_then_stop_and_vm_start() {
     assert!(s["switchover"].is_null(), "{s:#}");
     // The master answers again.
     std::fs::remove_file(&down).unwrap();
-    wait_for(&certs, &a, "alive", 30, "the master to respond again", |s| s["state"] == "replicating");
+    wait_for(
+        &certs,
+        &a,
+        "alive",
+        30,
+        "the master to respond again",
+        |s| s["state"] == "replicating",
+    );
 
     // Stop, then start the VM from the replica.
     debugfs_write(&img, dir, "before-stop.bin", 256, 31);
     // Rescan capture finds a write within its interval (200 ms): give it
     // a few intervals, then wait until everything found was applied.
     std::thread::sleep(std::time::Duration::from_millis(1000));
-    wait_for(&certs, &a, "alive", 60, "the last write to replicate", |s| {
-        s["changed_bytes"].as_u64().unwrap_or(0) >= 256 * 1024 && s["lag"]["records"] == 0
-    });
+    wait_for(
+        &certs,
+        &a,
+        "alive",
+        60,
+        "the last write to replicate",
+        |s| s["changed_bytes"].as_u64().unwrap_or(0) >= 256 * 1024 && s["lag"]["records"] == 0,
+    );
     let out = rha()
         .args(["vm", "start", "alive", "--engine", &a, "--json", "--certs"])
         .arg(&certs)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(4), "vm start while running must say: wrong state");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "vm start while running must say: wrong state"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
     rha_ok(&certs, &["scenario", "stop", "alive", "--engine", &a]);
     assert_eq!(status(&certs, &a, "alive")["state"], "stopped");
     let out = rha()
-        .args(["vm", "start", "alive", "--point", "yesterday", "--engine", &a, "--certs"])
+        .args([
+            "vm",
+            "start",
+            "alive",
+            "--point",
+            "yesterday",
+            "--engine",
+            &a,
+            "--certs",
+        ])
         .arg(&certs)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "an unknown recovery point is invalid input");
-    let v = rha_ok(&certs, &["vm", "start", "alive", "--point", "latest", "--engine", &a, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown recovery point is invalid input"
+    );
+    let v = rha_ok(
+        &certs,
+        &[
+            "vm", "start", "alive", "--point", "latest", "--engine", &a, "--json",
+        ],
+    );
     let v: serde_json::Value = serde_json::from_str(v.trim()).unwrap();
     assert_eq!(v["consistent"], true, "{v:#}");
     let disk = v["disks"][0].as_str().unwrap().to_owned();
     let (same, why) = qemu_compare(&img, Path::new(&disk));
     assert!(same, "replica differs from the master after stop: {why}");
-    assert!(!marker.exists(), "vm start must not run the master-side step");
+    assert!(
+        !marker.exists(),
+        "vm start must not run the master-side step"
+    );
     drop(master);
 }
 
@@ -420,13 +492,42 @@ fn is_alive_local_automatic_switchover_when_the_master_dies() {
     let dir = t.path();
     let certs = make_certs(dir);
     let img = make_ext4(dir, "master", 32);
-    let mut master = EngineProc::start(&certs, "master", &dir.join("m"), &["--listen", "127.0.0.1:0"]);
-    let appliance = EngineProc::start(&certs, "appliance", &dir.join("a"), &["--listen", "127.0.0.1:0"]);
+    let mut master = EngineProc::start(
+        &certs,
+        "master",
+        &dir.join("m"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let appliance = EngineProc::start(
+        &certs,
+        "appliance",
+        &dir.join("a"),
+        &["--listen", "127.0.0.1:0"],
+    );
     let a = appliance.addr.clone().unwrap();
     let marker = dir.join("auto-step-ran");
-    let file = scenario(dir, "auto", &img, master.port(), appliance.port(), false, &marker);
-    edit_scenario(&file, |s| s.replacen("mode = \"manual\"", "mode = \"automatic\"", 1));
-    rha_ok(&certs, &["scenario", "run", file.to_str().unwrap(), "--timeout-secs", "120"]);
+    let file = scenario(
+        dir,
+        "auto",
+        &img,
+        master.port(),
+        appliance.port(),
+        false,
+        &marker,
+    );
+    edit_scenario(&file, |s| {
+        s.replacen("mode = \"manual\"", "mode = \"automatic\"", 1)
+    });
+    rha_ok(
+        &certs,
+        &[
+            "scenario",
+            "run",
+            file.to_str().unwrap(),
+            "--timeout-secs",
+            "120",
+        ],
+    );
     debugfs_write(&img, dir, "last-words.bin", 512, 41);
     // Rescan capture finds a write within its interval (200 ms): give it
     // a few intervals, then wait until everything found was applied.
@@ -435,12 +536,17 @@ fn is_alive_local_automatic_switchover_when_the_master_dies() {
         s["changed_bytes"].as_u64().unwrap_or(0) >= 512 * 1024 && s["lag"]["records"] == 0
     });
     master.kill();
-    let s = wait_for(&certs, &a, "auto", 40, "the automatic switchover", |s| s["state"] == "switched_over");
+    let s = wait_for(&certs, &a, "auto", 40, "the automatic switchover", |s| {
+        s["state"] == "switched_over"
+    });
     let report = &s["switchover"];
     assert_eq!(report["consistent"], true, "{s:#}");
     let disk = report["disks"][0].as_str().unwrap().to_owned();
     let (same, why) = qemu_compare(&img, Path::new(&disk));
-    assert!(same, "the automatic switchover's replica differs from the master: {why}");
+    assert!(
+        same,
+        "the automatic switchover's replica differs from the master: {why}"
+    );
     let (clean, out) = e2fsck(Path::new(&disk));
     assert!(clean, "e2fsck on the replica: {out}");
 }
@@ -463,7 +569,14 @@ fn cli_exit_codes_and_messages() {
 
     // `scenario new` writes a template that validates; it never overwrites.
     let new = dir.join("new.toml");
-    let (code, _, err) = run(&["scenario", "new", "--template", "local", "-o", new.to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "scenario",
+        "new",
+        "--template",
+        "local",
+        "-o",
+        new.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(0), "{err}");
     let (code, out, _) = run(&["scenario", "validate", "--offline", new.to_str().unwrap()]);
     assert_eq!(code, Some(0), "the local template must validate: {out}");
@@ -479,16 +592,36 @@ fn cli_exit_codes_and_messages() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--certs"), "{err}");
     // Nobody listening: unreachable.
-    let (code, _, err) = run(&["scenario", "status", "--engine", "127.0.0.1:1", "--certs", c]);
+    let (code, _, err) = run(&[
+        "scenario",
+        "status",
+        "--engine",
+        "127.0.0.1:1",
+        "--certs",
+        c,
+    ]);
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("cannot connect"), "{err}");
 
-    let appliance = EngineProc::start(&certs, "appliance", &dir.join("a"), &["--listen", "127.0.0.1:0"]);
+    let appliance = EngineProc::start(
+        &certs,
+        "appliance",
+        &dir.join("a"),
+        &["--listen", "127.0.0.1:0"],
+    );
     let a = appliance.addr.clone().unwrap();
     // An unknown scenario: wrong state (4).
     let (code, _, err) = run(&["scenario", "status", "nosuch", "--engine", &a, "--certs", c]);
     assert_eq!(code, Some(4), "{err}");
-    let (code, _, err) = run(&["scenario", "switchover", "nosuch", "--engine", &a, "--certs", c]);
+    let (code, _, err) = run(&[
+        "scenario",
+        "switchover",
+        "nosuch",
+        "--engine",
+        &a,
+        "--certs",
+        c,
+    ]);
     assert_eq!(code, Some(4), "{err}");
     // An operator certificate from another CA: refused, and the message says why.
     let other = dir.join("other-certs");
@@ -497,7 +630,14 @@ fn cli_exit_codes_and_messages() {
     run(&["cert", "operator", "--dir", other.to_str().unwrap()]);
     // Trust the engine's CA but present the other CA's operator certificate.
     std::fs::copy(certs.join("ca.pem"), other.join("ca.pem")).unwrap();
-    let (code, _, err) = run(&["scenario", "status", "--engine", &a, "--certs", other.to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "scenario",
+        "status",
+        "--engine",
+        &a,
+        "--certs",
+        other.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("certificate"), "{err}");
     // Status of all scenarios on a fresh engine: none, exit 0.
@@ -505,4 +645,81 @@ fn cli_exit_codes_and_messages() {
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["scenarios"].as_array().map(Vec::len), Some(0), "{v:#}");
+}
+
+/// The appliance engine killed mid-replication and restarted: it resumes its
+/// scenario from its data directory, and the master's journal brings it up to
+/// date with no resynchronisation.
+#[test]
+fn appliance_killed_and_restarted_resumes_without_resync() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let certs = make_certs(dir);
+    let img = make_ext4(dir, "master", 96);
+    let master = EngineProc::start(
+        &certs,
+        "master",
+        &dir.join("m"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let mut appliance = EngineProc::start(
+        &certs,
+        "appliance",
+        &dir.join("a"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let a = appliance.addr.clone().unwrap();
+    let proxy = Proxy::start(master.addr.clone().unwrap());
+    let marker = dir.join("app-step-ran");
+    let file = scenario(
+        dir,
+        "app",
+        &img,
+        proxy.port,
+        appliance.port(),
+        false,
+        &marker,
+    );
+    rha_ok(
+        &certs,
+        &[
+            "scenario",
+            "run",
+            file.to_str().unwrap(),
+            "--timeout-secs",
+            "120",
+        ],
+    );
+    debugfs_write(&img, dir, "before.bin", 1024, 51);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    appliance.kill();
+    // Written while the appliance is down: journalled on the master.
+    debugfs_write(&img, dir, "while-appliance-down.bin", 2048, 52);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let before = proxy.bytes();
+    let appliance = EngineProc::start(&certs, "appliance", &dir.join("a"), &["--listen", &a]);
+    wait_for(
+        &certs,
+        &a,
+        "app",
+        90,
+        "the restarted appliance to catch up",
+        |s| {
+            s["state"] == "replicating"
+                && s["replica"]["consistent"] == true
+                && s["lag"]["records"] == 0
+        },
+    );
+    let resumed = proxy.bytes() - before;
+    assert!(
+        resumed < 16 * MIB,
+        "{resumed} bytes after the appliance restarted for about 3 MiB of changes on a 96 MiB volume: a full resync happened"
+    );
+    let log = std::fs::read_to_string(&master.log).unwrap();
+    assert!(
+        log.contains("no resynchronisation"),
+        "the master did not resume from the replica's last applied change:\n{log}"
+    );
+    switchover_and_check(&certs, &a, "app", &img, &marker);
+    drop(appliance);
 }
