@@ -40,8 +40,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Protect two local disk images (one holding an ext4 filesystem) into a
-    /// fixed-VHD replica while writing to them, then prove the replica equal.
+    /// Two engines on loopback over mutual TLS: protect an ext4 system disk
+    /// and a data disk, replicate live writes, switch over, and prove the
+    /// replica VHDs equal (paths and results in DIR/summary.json).
     Demo(demo::DemoArgs),
     /// Synchronise two images offline; prints one JSON line of statistics.
     Sync {

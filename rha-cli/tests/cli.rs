@@ -8,12 +8,31 @@ fn rha() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rha"))
 }
 
+/// Runs `qemu-img` with `args` and then `files`; panics with its output when it fails.
+fn qemu_img(args: &[&str], files: &[&std::path::Path]) -> Vec<u8> {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .args(files)
+        .output()
+        .expect("qemu-img (qemu-utils) is needed; scripts/test.sh installs it");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?} {files:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 #[test]
 fn demo_replicates_and_proves_the_replica_equal() {
-    let dir = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("demo");
     let out = rha()
-        .args(["demo", "--size-mib", "32", "--writes", "300", "--dir"])
-        .arg(dir.path().join("demo"))
+        .args(["demo", "--writes", "200", "--workdir"])
+        .arg(&dir)
+        .env("RHA_LOG", "warn")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -26,10 +45,77 @@ fn demo_replicates_and_proves_the_replica_equal() {
         stdout.contains("all changes made during synchronisation have been replicated"),
         "{stdout}"
     );
-    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(last["replica_equals_master"], true);
-    assert_eq!(last["consistent"], true);
-    assert_eq!(last["journal_bytes_left"], 0);
+    assert!(stdout.contains("bootable system disk"), "{stdout}");
+
+    let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let paths = |key: &str| -> Vec<std::path::PathBuf> {
+        summary[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("summary.json has no `{key}` array: {summary:#}"))
+            .iter()
+            .map(|p| std::path::PathBuf::from(p.as_str().unwrap()))
+            .collect()
+    };
+    let (master, replica) = (paths("master"), paths("replica"));
+    assert_eq!(master.len(), 2, "a system and a data disk: {summary:#}");
+    assert_eq!(master.len(), replica.len(), "{summary:#}");
+    let root = std::fs::canonicalize(&dir).unwrap();
+    for (m, r) in master.iter().zip(&replica) {
+        for p in [m, r] {
+            assert!(
+                p.is_absolute() && p.starts_with(&root),
+                "{} is not in {}",
+                p.display(),
+                root.display()
+            );
+            assert!(p.exists(), "{} is missing", p.display());
+        }
+        qemu_img(&["compare", "-f", "raw", "-F", "vpc"], &[m, r]);
+        let info = qemu_img(&["info", "-f", "vpc", "--output=json"], &[r]);
+        let info: serde_json::Value = serde_json::from_slice(&info).unwrap();
+        assert_eq!(info["format"], "vpc", "{info:#}");
+        assert_eq!(
+            info["virtual-size"].as_u64(),
+            Some(std::fs::metadata(m).unwrap().len()),
+            "{info:#}"
+        );
+    }
+    assert_eq!(summary["bootable"], summary["replica"][0], "{summary:#}");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&replica[0])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn on the system replica: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+
+    assert_eq!(summary["ok"], true, "{summary:#}");
+    assert_eq!(summary["consistent"], true, "{summary:#}");
+    assert_eq!(summary["replica_equals_master"], true, "{summary:#}");
+    assert_eq!(summary["capture"], "tracked", "{summary:#}");
+    assert!(
+        !summary["vm_id"].as_str().unwrap().is_empty(),
+        "{summary:#}"
+    );
+    assert!(
+        summary["recovery_point"]["seq"].as_u64().unwrap() > 0,
+        "{summary:#}"
+    );
+    let writes = &summary["writes"];
+    assert_eq!(writes["while_replicating"], 200, "{summary:#}");
+    assert!(
+        writes["during_sync"].as_u64().unwrap() > 0,
+        "no writes during the synchronisation: {summary:#}"
+    );
+    assert!(writes["system_disk"].as_u64().unwrap() > 0, "{summary:#}");
+    assert_eq!(
+        summary["statistics"]["journal_bytes_left"], 0,
+        "{summary:#}"
+    );
 }
 
 #[test]
