@@ -217,13 +217,19 @@ pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, WireErro
             format!("a length of {len} cannot hold the type and flags"),
         ));
     }
+    let oversized = || WireError::Oversized {
+        len: (len - HEADER_BYTES) as u64,
+        max: max_frame,
+    };
     if len - HEADER_BYTES > max_frame {
-        return Err(WireError::Oversized {
-            len: (len - HEADER_BYTES) as u64,
-            max: max_frame,
-        });
+        return Err(oversized());
     }
-    Ok(Some(LEN_BYTES + len + CRC_BYTES))
+    // Cannot overflow where usize has 64 bits; where it has 32, a frame
+    // whose size does not fit in memory is refused as oversized.
+    match len.checked_add(LEN_BYTES + CRC_BYTES) {
+        Some(size) => Ok(Some(size)),
+        None => Err(oversized()),
+    }
 }
 
 #[cfg(test)]

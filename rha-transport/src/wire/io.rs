@@ -9,6 +9,10 @@ use super::message::Message;
 
 /// Bytes asked of the socket at a time while no frame length is known.
 const READ_CHUNK: usize = 16 << 10;
+/// The most buffer space reserved ahead of the bytes received: a peer that
+/// announces a large frame and sends nothing more costs no more memory than
+/// this; the buffer grows as the frame's bytes arrive.
+const MAX_RESERVE: usize = 1 << 20;
 
 /// Reads one message from `r`, keeping the bytes read past it in `buf` (use
 /// the same `buf` for every call on a connection).
@@ -29,7 +33,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
         }
         // The header, if there, was checked against the limit by decode.
         let want = match frame_len(buf, codec.max_frame())? {
-            Some(n) => n.saturating_sub(buf.len()),
+            Some(n) => n.saturating_sub(buf.len()).clamp(1, MAX_RESERVE),
             None => READ_CHUNK,
         };
         buf.reserve(want);
