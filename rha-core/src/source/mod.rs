@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 pub use rescan::RescanSource;
-pub use tracked::{TrackedSet, TrackedVolume};
+pub use tracked::{TrackedSet, TrackedVolume, MAX_WRITE_RECORD};
 
 use crate::journal::{JournalError, Record};
 use crate::volume::{Volume, VolumeError};

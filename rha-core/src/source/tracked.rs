@@ -10,6 +10,10 @@ use crate::journal::{Appended, Journal, JournalConfig, JournalError, Record, Rec
 use crate::volume::{Volume, VolumeError};
 use crate::{Seq, VolumeId};
 
+/// The largest data payload of one journal record made by a
+/// [`TrackedVolume`] write: larger writes become several records.
+pub const MAX_WRITE_RECORD: usize = 4 << 20;
+
 /// A set of protected volumes whose every write is journalled before it
 /// reaches the disk. Embedders write through [`TrackedSet::volume`]; the
 /// set is the [`ChangeSource`] replication reads.
@@ -145,7 +149,14 @@ impl Volume for TrackedVolume {
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
         crate::volume::check_range(self, "write", offset, data.len() as u64)?;
         let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        self.journalled(offset, self.journal.append(self.id, offset, data))?;
+        // One record per chunk: a record must fit in one message of the wire
+        // protocol (and a batch of them in one frame), whatever the caller's
+        // write size. The order lock keeps the chunks together in sequence.
+        let mut at = offset;
+        for chunk in data.chunks(MAX_WRITE_RECORD) {
+            self.journalled(at, self.journal.append(self.id, at, chunk))?;
+            at += chunk.len() as u64;
+        }
         self.inner.write_at(offset, data)
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
