@@ -214,6 +214,10 @@ fn scenario_validate_exit_codes() {
         .arg(root.join("rha-core/tests/data/scenarios/typo_key.toml"))
         .output()
         .unwrap();
-    assert_eq!(typo.status.code(), Some(2), "a scenario that does not parse is invalid input");
+    assert_eq!(
+        typo.status.code(),
+        Some(2),
+        "a scenario that does not parse is invalid input"
+    );
     assert!(String::from_utf8_lossy(&typo.stderr).contains("did you mean"));
 }
