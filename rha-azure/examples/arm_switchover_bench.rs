@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rha_azure::arm::fake::{FakeAzure, FakeConfig};
-use rha_azure::arm::{storage_account_id, ArmOptions, AzureApi, PollPolicy, SdkArm};
+use rha_azure::arm::{storage_account_id, ArmOptions, PollPolicy, SdkArm};
 use rha_azure::provider::{AzureProvider, AzureTarget};
 use rha_core::cloud::{CloudProvider, DiskRef, VmId, VmSpec};
 use rha_core::scenario::{HyperVGeneration, Network, Os};

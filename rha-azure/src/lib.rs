@@ -54,12 +54,19 @@ mod points;
 mod sink;
 mod store;
 
+// Cloud accounts and the switchover to an Azure VM.
+pub mod account;
+pub mod arm;
+pub mod provider;
+
+pub use account::{AccountStore, AzureAccount, ClientSecret};
 pub use error::{
     azure_error_of_io, azure_error_of_sink, azure_error_of_volume, AzureError, AzureErrorKind,
 };
 pub use page_blob::PageBlobVolume;
 pub use plan::ZERO_CLEAR_MIN;
 pub use points::{select_point, DiskSnapshot, PointSelector, RecoveryPoint};
+pub use provider::{AzureProvider, AzureTarget};
 pub use sink::{
     lease_id_for, list_recovery_points, read_replica_state, resolve_recovery_point, PageBlobSink,
     SinkConfig, REDO_BLOB, STATE_BLOB,

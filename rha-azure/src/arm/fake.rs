@@ -301,7 +301,7 @@ impl FakeAzure {
                 "properties": {
                     "provisioningState": "Succeeded",
                     "hardwareProfile": {"vmSize": "Standard_B2s"},
-                    "storageProfile": {"osDisk": {"osType": "Linux"}},
+                    "storageProfile": {"osDisk": {"osType": "Linux", "createOption": "FromImage"}},
                     "rhaPowerState": power,
                 }
             }),
