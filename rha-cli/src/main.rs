@@ -8,11 +8,13 @@
 //! rha cert       make the scenario CA and engine/operator certificates
 //! rha sync       synchronise two images offline (block- or volume-level)
 //! rha vhd        make, check or strip a fixed VHD footer
+//! rha cloud      cloud accounts, the VMs of a region, Azure switchover VMs
 //! ```
 //!
 //! Exit codes: 0 success, 1 failure, 2 invalid input, 3 engine unreachable
 //! or authentication refused, 4 wrong scenario state.
 
+mod cloud;
 mod demo;
 mod remote;
 
@@ -72,6 +74,8 @@ enum Command {
     /// Make the scenario CA and the engine and operator certificates (mutual TLS).
     #[command(subcommand)]
     Cert(remote::CertCommand),
+    /// Cloud accounts, the VMs of a region, and switchover VMs in Azure.
+    Cloud(cloud::CloudArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -191,5 +195,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Engine(args) => remote::engine(args, &cli.auth),
         Command::Vm(cmd) => remote::vm(cmd, &cli.auth),
         Command::Cert(cmd) => remote::cert(cmd),
+        Command::Cloud(args) => cloud::run(args),
     }
 }
