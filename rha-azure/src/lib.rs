@@ -46,6 +46,9 @@
 //! println!("{} at seq {}: {}", point.id, point.seq, point.disks[0].url);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+// Errors name the operation, the resource and the service's answer: large
+// values, but only on the error path of a network call.
+#![allow(clippy::result_large_err)]
 
 mod error;
 mod page_blob;
