@@ -27,7 +27,9 @@ pub struct AzureError {
 }
 
 fn at(offset: Option<u64>) -> String {
-    offset.map(|o| format!(" at offset {o}")).unwrap_or_default()
+    offset
+        .map(|o| format!(" at offset {o}"))
+        .unwrap_or_default()
 }
 
 fn tries(attempts: u32) -> String {
@@ -308,7 +310,10 @@ mod tests {
             },
         };
         let s = e.to_string();
-        assert!(s.contains("put pages http://127.0.0.1:1/devstoreaccount1/c/disk-0.vhd at offset 4096"), "{s}");
+        assert!(
+            s.contains("put pages http://127.0.0.1:1/devstoreaccount1/c/disk-0.vhd at offset 4096"),
+            "{s}"
+        );
         assert!(s.contains("503 ServerBusy"), "{s}");
         assert!(s.contains("retry later"), "{s}");
         assert!(s.contains("7 attempts"), "{s}");
@@ -316,7 +321,10 @@ mod tests {
         let vs = v.to_string();
         assert!(vs.starts_with("put pages http://"), "{vs}");
         assert_eq!(vs.matches("disk-0.vhd").count(), 1, "{vs}");
-        assert_eq!(azure_error_of_volume(&v).and_then(|e| e.status()), Some(503));
+        assert_eq!(
+            azure_error_of_volume(&v).and_then(|e| e.status()),
+            Some(503)
+        );
     }
 
     #[test]

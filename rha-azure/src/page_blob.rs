@@ -278,7 +278,9 @@ impl PageBlobVolume {
                 continue;
             }
             match reads.last_mut() {
-                Some((off, first, n)) if *off + (*n as u64) * SECTOR == e.offset && *first + *n == i => {
+                Some((off, first, n))
+                    if *off + (*n as u64) * SECTOR == e.offset && *first + *n == i =>
+                {
                     *n += 1
                 }
                 _ => reads.push((e.offset, i, 1)),
@@ -303,7 +305,11 @@ impl PageBlobVolume {
             plan.patch_edge(i, buf);
         }
         let bufs = &bufs;
-        let requests: Vec<_> = plan.ops.iter().map(|op| self.run_op(plan, bufs, op)).collect();
+        let requests: Vec<_> = plan
+            .ops
+            .iter()
+            .map(|op| self.run_op(plan, bufs, op))
+            .collect();
         futures::stream::iter(requests)
             .buffer_unordered(self.store.config().max_in_flight)
             .try_for_each(|()| async { Ok(()) })
@@ -538,9 +544,8 @@ async fn read_footer(
         .await
         .map_err(not_found)?;
     let len = props.blob.properties.content_length;
-    let bad = |reason: String| {
-        AzureError::local("open", url, None, AzureErrorKind::BadBlob { reason })
-    };
+    let bad =
+        |reason: String| AzureError::local("open", url, None, AzureErrorKind::BadBlob { reason });
     if props.blob.properties.blob_type != azure_storage_blobs::blob::BlobType::PageBlob {
         return Err(bad(format!(
             "it is a {:?}, not a page blob; a replica disk must be a page blob",
@@ -553,12 +558,8 @@ async fn read_footer(
         )));
     }
     let bytes = get_range(store, client, url, snapshot, len - FOOTER_LEN, FOOTER_LEN).await?;
-    let footer = Footer::parse(&bytes).map_err(|e| {
-        bad(format!(
-            "VHD footer at offset {}: {e}",
-            len - FOOTER_LEN
-        ))
-    })?;
+    let footer = Footer::parse(&bytes)
+        .map_err(|e| bad(format!("VHD footer at offset {}: {e}", len - FOOTER_LEN)))?;
     if footer.current_size.checked_add(FOOTER_LEN) != Some(len) {
         return Err(bad(format!(
             "the VHD footer says the disk holds {} bytes, so the blob should be {} bytes long, but it is {len}",
@@ -637,7 +638,9 @@ pub(crate) async fn acquire_lease(
 pub(crate) async fn release_lease(store: &BlobStore, client: &BlobClient, url: &str, id: LeaseId) {
     let lease = client.blob_lease_client(id);
     if let Err(e) = store
-        .call("release lease on", url, None, || lease.release().into_future())
+        .call("release lease on", url, None, || {
+            lease.release().into_future()
+        })
         .await
     {
         tracing::warn!(url, error = %e, "could not release the lease");

@@ -169,9 +169,7 @@ impl<'a> Plan<'a> {
             if inner_start < inner_end {
                 match iv.src {
                     Src::Zero => b.clear(inner_start, inner_end - inner_start),
-                    Src::Data(d) => {
-                        b.data_with_zero_runs(idx, iv.start, d, inner_start, inner_end)
-                    }
+                    Src::Data(d) => b.data_with_zero_runs(idx, iv.start, d, inner_start, inner_end),
                 }
             }
             if iv.end % SECTOR != 0 {
@@ -440,7 +438,10 @@ mod tests {
     fn zeros_are_cleared_not_written() {
         let mut data = vec![1u8; 1 << 20];
         data[4096..4096 + 256 * 1024].fill(0);
-        let plan = Plan::new(&[(0, Piece::Data(&data)), (1 << 20, Piece::Zero(1 << 20))], 4 << 20);
+        let plan = Plan::new(
+            &[(0, Piece::Data(&data)), (1 << 20, Piece::Zero(1 << 20))],
+            4 << 20,
+        );
         assert_eq!(
             plan.ops
                 .iter()
@@ -450,7 +451,10 @@ mod tests {
         );
         let short = vec![0u8; 8192];
         let plan = Plan::new(&[(0, Piece::Data(&short))], 4 << 20);
-        assert!(matches!(plan.ops[..], [Op::Put { .. }]), "a short zero run stays a put");
+        assert!(
+            matches!(plan.ops[..], [Op::Put { .. }]),
+            "a short zero run stays a put"
+        );
     }
 
     #[test]

@@ -113,7 +113,11 @@ pub fn select_point<'a>(
     }
 }
 
-pub(crate) fn unknown_point(url: &str, selector: &PointSelector, points: &[RecoveryPoint]) -> AzureError {
+pub(crate) fn unknown_point(
+    url: &str,
+    selector: &PointSelector,
+    points: &[RecoveryPoint],
+) -> AzureError {
     let known: Vec<String> = points
         .iter()
         .map(|p| format!("{} ({}, seq {})", p.id, p.name, p.seq))
@@ -322,7 +326,10 @@ pub(crate) async fn list_points(
 }
 
 /// Deletes the snapshots of a point.
-pub(crate) async fn delete_point(store: &BlobStore, point: &RecoveryPoint) -> Result<(), AzureError> {
+pub(crate) async fn delete_point(
+    store: &BlobStore,
+    point: &RecoveryPoint,
+) -> Result<(), AzureError> {
     for d in &point.disks {
         let client = store.blob(&d.blob);
         let r = store
@@ -397,9 +404,18 @@ mod tests {
 
     #[test]
     fn selectors_parse() {
-        assert_eq!("latest".parse::<PointSelector>().ok(), Some(PointSelector::Latest));
-        assert_eq!("LATEST".parse::<PointSelector>().ok(), Some(PointSelector::Latest));
-        assert_eq!("seq:42".parse::<PointSelector>().ok(), Some(PointSelector::Seq(42)));
+        assert_eq!(
+            "latest".parse::<PointSelector>().ok(),
+            Some(PointSelector::Latest)
+        );
+        assert_eq!(
+            "LATEST".parse::<PointSelector>().ok(),
+            Some(PointSelector::Latest)
+        );
+        assert_eq!(
+            "seq:42".parse::<PointSelector>().ok(),
+            Some(PointSelector::Seq(42))
+        );
         assert_eq!(
             "nightly".parse::<PointSelector>().ok(),
             Some(PointSelector::Named("nightly".into()))
@@ -416,10 +432,20 @@ mod tests {
             consistent: true,
             disks: vec![],
         };
-        let pts = vec![p("p1-a", "nightly", 10, 1), p("p2-b", "nightly", 20, 2), p("p3-c", "p1-a", 30, 3)];
+        let pts = vec![
+            p("p1-a", "nightly", 10, 1),
+            p("p2-b", "nightly", 20, 2),
+            p("p3-c", "p1-a", 30, 3),
+        ];
         let id = |s: &PointSelector| select_point(&pts, s).map(|p| p.id.clone());
-        assert_eq!(id(&PointSelector::Named("nightly".into())).as_deref(), Some("p2-b"));
-        assert_eq!(id(&PointSelector::Named("p1-a".into())).as_deref(), Some("p1-a"));
+        assert_eq!(
+            id(&PointSelector::Named("nightly".into())).as_deref(),
+            Some("p2-b")
+        );
+        assert_eq!(
+            id(&PointSelector::Named("p1-a".into())).as_deref(),
+            Some("p1-a")
+        );
         assert_eq!(id(&PointSelector::Seq(30)).as_deref(), Some("p3-c"));
         assert_eq!(id(&PointSelector::Latest).as_deref(), Some("p3-c"));
         assert_eq!(id(&PointSelector::Seq(31)), None);

@@ -198,11 +198,20 @@ impl PageBlobSink {
                         AzureErrorKind::AlreadyExists,
                     ));
                 }
-                tracing::warn!(url = state_url, "finishing the interrupted creation of a replica");
+                tracing::warn!(
+                    url = state_url,
+                    "finishing the interrupted creation of a replica"
+                );
             }
             Err(e) => return Err(e),
         }
-        store.block_on(acquire_lease(store, &state_client, &state_url, lease, config.takeover))?;
+        store.block_on(acquire_lease(
+            store,
+            &state_client,
+            &state_url,
+            lease,
+            config.takeover,
+        ))?;
         let (redo_client, redo_url) = redo_blob(store, &prefix, lease, config.takeover)?;
         let mut disks = Vec::with_capacity(sizes.len());
         for v in &doc.volumes {
@@ -210,7 +219,14 @@ impl PageBlobSink {
             disks.push(Arc::new(disk));
         }
         doc.creating = false;
-        store.block_on(put_json(store, &state_client, &state_url, &doc, Some(lease), None))?;
+        store.block_on(put_json(
+            store,
+            &state_client,
+            &state_url,
+            &doc,
+            Some(lease),
+            None,
+        ))?;
         Ok(PageBlobSink::assemble(
             store,
             prefix,
@@ -230,7 +246,13 @@ impl PageBlobSink {
         let state_name = format!("{prefix}{STATE_BLOB}");
         let state_url = store.blob_url(&state_name);
         let state_client = store.blob(&state_name);
-        store.block_on(acquire_lease(store, &state_client, &state_url, lease, config.takeover))?;
+        store.block_on(acquire_lease(
+            store,
+            &state_client,
+            &state_url,
+            lease,
+            config.takeover,
+        ))?;
         let doc = store.block_on(read_doc(store, &state_client, &state_url))?;
         if doc.creating {
             return Err(AzureError::local(
@@ -286,10 +308,7 @@ impl PageBlobSink {
         disks: Vec<Arc<PageBlobVolume>>,
         doc: StateDoc,
     ) -> PageBlobSink {
-        let volumes = disks
-            .iter()
-            .map(|d| d.clone() as Arc<dyn Volume>)
-            .collect();
+        let volumes = disks.iter().map(|d| d.clone() as Arc<dyn Volume>).collect();
         PageBlobSink {
             store: store.clone(),
             prefix,
@@ -403,15 +422,15 @@ impl PageBlobSink {
 
     fn read_redo(&self) -> Result<Option<Vec<Record>>, AzureError> {
         let client = &self.redo_client;
-        let bytes = self.store.block_on(self.store.call(
-            "read redo log",
-            &self.redo_url,
-            None,
-            || client.get_content(),
-        ));
+        let bytes =
+            self.store
+                .block_on(self.store.call("read redo log", &self.redo_url, None, || {
+                    client.get_content()
+                }));
         let bytes = match bytes {
             Ok(b) => b,
-            Err(e) if e.status() == Some(404) => return Ok(None),
+            // 416: the blob is empty (no batch was ever logged).
+            Err(e) if matches!(e.status(), Some(404) | Some(416)) => return Ok(None),
             Err(e) => return Err(e),
         };
         Ok(parse_redo(&bytes, &self.redo_url))
@@ -422,10 +441,13 @@ impl PageBlobSink {
     fn write_batch(&self, records: &[Record], redo: bool) -> Result<(), BatchError> {
         let mut per_volume: Vec<Vec<(u64, Piece<'_>)>> = vec![Vec::new(); self.disks.len()];
         for r in records {
-            let disk = self.disks.get(r.volume as usize).ok_or(SinkError::NoSuchVolume {
-                id: r.volume,
-                count: self.disks.len(),
-            })?;
+            let disk = self
+                .disks
+                .get(r.volume as usize)
+                .ok_or(SinkError::NoSuchVolume {
+                    id: r.volume,
+                    count: self.disks.len(),
+                })?;
             let (piece, len) = match &r.payload {
                 Payload::Data(d) => (Piece::Data(d), d.len() as u64),
                 Payload::Zero(n) => (Piece::Zero(*n), *n),
@@ -783,7 +805,10 @@ fn parse_redo(bytes: &[u8], url: &str) -> Option<Vec<Record>> {
     if u64::from_le_bytes(len8) != payload.len() as u64
         || crc32fast::hash(payload) != u32::from_le_bytes(crc4)
     {
-        tracing::warn!(url, "the redo log is incomplete; the batch it held was never applied");
+        tracing::warn!(
+            url,
+            "the redo log is incomplete; the batch it held was never applied"
+        );
         return None;
     }
     let mut records = Vec::new();
@@ -873,12 +898,18 @@ async fn put_json(
         .map(|_| ())
 }
 
-async fn read_doc(store: &BlobStore, client: &BlobClient, url: &str) -> Result<StateDoc, AzureError> {
+async fn read_doc(
+    store: &BlobStore,
+    client: &BlobClient,
+    url: &str,
+) -> Result<StateDoc, AzureError> {
     let bytes = store
         .call("read state", url, None, || client.get_content())
         .await
         .map_err(not_found)?;
-    let bad = |reason: String| AzureError::local("read state", url, None, AzureErrorKind::BadBlob { reason });
+    let bad = |reason: String| {
+        AzureError::local("read state", url, None, AzureErrorKind::BadBlob { reason })
+    };
     let doc: StateDoc = serde_json::from_slice(&bytes).map_err(|e| {
         bad(format!(
             "{e}; the replica's state is damaged: resynchronise into a new replica"
@@ -909,7 +940,10 @@ pub fn read_replica_state(store: &BlobStore, prefix: &str) -> Result<ReplicaStat
 
 /// Every complete recovery point of the replica under `prefix`, oldest first
 /// (no lease needed).
-pub fn list_recovery_points(store: &BlobStore, prefix: &str) -> Result<Vec<RecoveryPoint>, AzureError> {
+pub fn list_recovery_points(
+    store: &BlobStore,
+    prefix: &str,
+) -> Result<Vec<RecoveryPoint>, AzureError> {
     let prefix = normalise_prefix(prefix);
     store.block_on(points::list_points(store, &prefix))
 }

@@ -263,7 +263,9 @@ impl BlobStore {
                     account: account.clone(),
                 },
                 StorageCredentials::sas_token(token.trim_start_matches('?')).map_err(|e| {
-                    invalid(format!("the SAS token cannot be parsed ({e}); copy it again"))
+                    invalid(format!(
+                        "the SAS token cannot be parsed ({e}); copy it again"
+                    ))
                 })?,
             ),
         };
@@ -297,9 +299,12 @@ impl BlobStore {
     /// Creates the container unless it exists.
     pub fn ensure_container(&self) -> Result<(), AzureError> {
         let c = self.inner.container.clone();
-        let r = self.block_on(self.call("create container", &self.inner.container_url, None, || {
-            c.create().into_future()
-        }));
+        let r = self.block_on(self.call(
+            "create container",
+            &self.inner.container_url,
+            None,
+            || c.create().into_future(),
+        ));
         match r {
             Ok(_) => Ok(()),
             Err(e) if e.has_code("ContainerAlreadyExists") => Ok(()),
@@ -356,7 +361,11 @@ impl BlobStore {
 
     /// The URL of blob `name` (for messages).
     pub fn blob_url(&self, name: &str) -> String {
-        format!("{}/{}", self.inner.container_url.trim_end_matches('/'), name)
+        format!(
+            "{}/{}",
+            self.inner.container_url.trim_end_matches('/'),
+            name
+        )
     }
 
     /// Runs `fut` to completion on the store's runtime, from synchronous code.
@@ -371,11 +380,9 @@ impl BlobStore {
     {
         let handle = &self.inner.handle;
         if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| {
-                match s.spawn(|| handle.block_on(fut)).join() {
-                    Ok(v) => v,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
+            std::thread::scope(|s| match s.spawn(|| handle.block_on(fut)).join() {
+                Ok(v) => v,
+                Err(panic) => std::panic::resume_unwind(panic),
             })
         } else {
             handle.block_on(fut)

@@ -66,7 +66,9 @@ fn page_blob_sink_conforms_across_a_clean_handover() {
     let (s1, s2) = (store.clone(), store.clone());
     run_sink_suite(
         &mut |sizes| {
-            Box::new(PageBlobSink::create(&s1, &SinkConfig::new("x", "appliance-1"), sizes).unwrap())
+            Box::new(
+                PageBlobSink::create(&s1, &SinkConfig::new("x", "appliance-1"), sizes).unwrap(),
+            )
         },
         Some(&mut |old: Box<dyn ReplicaSink>| {
             // The suite's sink is a `dyn ReplicaSink`: reopen it as the same

@@ -95,7 +95,11 @@ pub fn azurite_binary() -> PathBuf {
         );
     }
     drop(lock);
-    assert!(bin.is_file(), "npm installed azurite but {} is missing", bin.display());
+    assert!(
+        bin.is_file(),
+        "npm installed azurite but {} is missing",
+        bin.display()
+    );
     bin
 }
 
@@ -188,7 +192,10 @@ fn start() -> Azurite {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                eprintln!("azurite (pid {pid}) on 127.0.0.1:{port}, log {}", log.display());
+                eprintln!(
+                    "azurite (pid {pid}) on 127.0.0.1:{port}, log {}",
+                    log.display()
+                );
                 return Azurite { port, pid, log };
             }
             // SAFETY: kill(pid, 0) only checks that the process exists.

@@ -43,6 +43,9 @@ pub struct Counts {
     pub dropped_after: AtomicU64,
     pub cut: AtomicU64,
     pub stalled: AtomicU64,
+    /// Requests being served right now, and the most there ever were at once.
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
 }
 
 struct Shared {
@@ -195,6 +198,17 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
     };
     let c = &s.counts;
     c.requests.fetch_add(1, Ordering::SeqCst);
+    let now = c.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    c.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let r = handle(s, &mut conn, &head, &body);
+    c.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let _ = conn.flush();
+    let _ = conn.shutdown(Shutdown::Both);
+    r
+}
+
+fn handle(s: &Shared, conn: &mut TcpStream, head: &str, body: &[u8]) -> std::io::Result<()> {
+    let c = &s.counts;
     let fault = if s.enabled.load(Ordering::SeqCst) {
         let plan = s.plan.lock().unwrap().clone();
         let n = s.next.fetch_add(1, Ordering::SeqCst) as usize;
@@ -208,7 +222,7 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
     match fault {
         Fault::Pass => {
             inc(&c.passed);
-            let answer = forward(s.upstream, &head, &body)?;
+            let answer = forward(s.upstream, head, body)?;
             conn.write_all(&answer)?;
         }
         Fault::Busy503 => {
@@ -222,11 +236,11 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
         Fault::DropBefore => inc(&c.dropped_before),
         Fault::DropAfter => {
             inc(&c.dropped_after);
-            let _ = forward(s.upstream, &head, &body)?;
+            let _ = forward(s.upstream, head, body)?;
         }
         Fault::CutAnswer => {
             inc(&c.cut);
-            let answer = forward(s.upstream, &head, &body)?;
+            let answer = forward(s.upstream, head, body)?;
             // Headers and part of the body (or part of the headers).
             let keep = (answer.len() / 2).max(1);
             conn.write_all(&answer[..keep])?;
@@ -236,7 +250,5 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
             std::thread::sleep(d);
         }
     }
-    let _ = conn.flush();
-    let _ = conn.shutdown(Shutdown::Both);
     Ok(())
 }
