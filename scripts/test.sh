@@ -11,10 +11,18 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+command -v npm >/dev/null || need_apt+=(nodejs npm)   # Azurite, for the rha-azure page-blob tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (needed by the disk-image tests)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+# Azurite (the Azure Storage emulator) for the rha-azure page-blob tests,
+# into target/azurite, once (the tests install it there too when missing).
+if [ ! -x target/azurite/node_modules/.bin/azurite-blob ] && ! command -v azurite-blob >/dev/null; then
+  echo "installing azurite into target/azurite (needed by the rha-azure page-blob tests)"
+  mkdir -p target/azurite
+  npm install --prefix target/azurite --no-audit --no-fund azurite@3
 fi
 # QEMU itself, for the local switchover VM tests (rha-core/tests/cloud_local.rs).
 # qemu-utils comes from bookworm-backports here, so qemu-system-x86 must come
