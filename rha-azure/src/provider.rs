@@ -831,7 +831,6 @@ struct Run<'a> {
     /// (kind, name, id), in creation order.
     created: Vec<(ResourceKind, String, String)>,
     steps: Vec<StepReport>,
-    // The step in progress, set by `step`.
 }
 
 impl Run<'_> {
@@ -908,7 +907,7 @@ impl Run<'_> {
 /// operation then failed or timed out.
 fn accepted(e: &ArmError) -> bool {
     matches!(
-        e.kind,
+        *e.kind,
         ArmErrorKind::Failed { .. } | ArmErrorKind::Timeout { .. }
     )
 }

@@ -474,8 +474,8 @@ pub struct ArmError {
     pub op: String,
     /// The resource's name or id.
     pub resource: String,
-    /// Why it failed.
-    pub kind: ArmErrorKind,
+    /// Why it failed (boxed: errors stay small on the happy path).
+    pub kind: Box<ArmErrorKind>,
 }
 
 impl ArmError {
@@ -484,21 +484,21 @@ impl ArmError {
         ArmError {
             op: op.into(),
             resource: resource.into(),
-            kind,
+            kind: Box::new(kind),
         }
     }
 
     /// True when ARM answered 404 or the resource does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(
-            self.kind,
+            *self.kind,
             ArmErrorKind::NotFound | ArmErrorKind::Status { status: 404, .. }
         )
     }
 
     /// ARM's error code, when it gave one.
     pub fn code(&self) -> Option<&str> {
-        match &self.kind {
+        match &*self.kind {
             ArmErrorKind::Status { code, .. } | ArmErrorKind::Failed { code, .. } => {
                 code.as_deref()
             }

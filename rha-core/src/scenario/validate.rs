@@ -387,11 +387,11 @@ fn check_azure(c: &mut Checker, s: &Scenario, r: &AzureReplica) {
     }
     let net = &s.network;
     match &net.virtual_network {
-        Some(v) if !v.trim().is_empty() => {}
+        Some(v) if !v.trim().is_empty() => check_azure_vnet(c, v),
         _ => c.error("network.virtual_network", "An Azure VM needs a virtual network; set `virtual_network` to an existing virtual network in the region."),
     }
     match &net.subnet {
-        Some(v) if !v.trim().is_empty() => {}
+        Some(v) if !v.trim().is_empty() => check_azure_subnet(c, v),
         _ => c.error(
             "network.subnet",
             "An Azure VM needs a subnet; set `subnet` to a subnet of the virtual network.",
@@ -399,6 +399,128 @@ fn check_azure(c: &mut Checker, s: &Scenario, r: &AzureReplica) {
     }
     if let Some(ip) = &net.private_ip {
         check_ip(c, ip);
+        if ip.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()) {
+            c.error("network.private_ip", format!("`{ip}` is an IPv6 address; the switchover VM's primary address is IPv4, such as `10.0.1.10`."));
+        }
+    }
+    if let Some(size) = &vm.size {
+        check_azure_size_features(c, s, size);
+    }
+    check_azure_is_alive_routes(c, s);
+}
+
+/// A virtual network: a name (in the VM's resource group) or a full resource id.
+fn check_azure_vnet(c: &mut Checker, v: &str) {
+    if v.starts_with('/') {
+        let parts: Vec<&str> = v.trim_start_matches('/').split('/').collect();
+        let ok = parts.len() == 8
+            && parts[0].eq_ignore_ascii_case("subscriptions")
+            && parts[2].eq_ignore_ascii_case("resourceGroups")
+            && parts[4].eq_ignore_ascii_case("providers")
+            && parts[5].eq_ignore_ascii_case("Microsoft.Network")
+            && parts[6].eq_ignore_ascii_case("virtualNetworks")
+            && parts.iter().all(|p| !p.is_empty());
+        if !ok {
+            c.error(
+                "network.virtual_network",
+                format!("`{v}` is not a virtual network resource id; write `/subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/NAME`, or just the name of a virtual network in the VM's resource group."),
+            );
+        }
+        return;
+    }
+    if !azure_network_name(v, 2, 64) {
+        c.error(
+            "network.virtual_network",
+            format!("`{v}` is not a valid virtual network name; use 2 to 64 letters, digits, `_`, `.` and `-`, starting with a letter or digit and ending with a letter, digit or `_` (or give the virtual network's resource id)."),
+        );
+    }
+}
+
+fn check_azure_subnet(c: &mut Checker, v: &str) {
+    if !azure_network_name(v, 1, 80) {
+        c.error(
+            "network.subnet",
+            format!("`{v}` is not a valid subnet name; use 1 to 80 letters, digits, `_`, `.` and `-`, starting with a letter or digit and ending with a letter, digit or `_`."),
+        );
+    }
+}
+
+fn azure_network_name(v: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&v.chars().count())
+        && v.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
+        && v.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+        && v.ends_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+/// Premium disks and generation 2 need VM sizes that support them.
+fn check_azure_size_features(c: &mut Checker, s: &Scenario, size: &str) {
+    let Some(rest) = size.strip_prefix("Standard_") else {
+        return;
+    };
+    let name = rest.split('_').next().unwrap_or("");
+    let family: String = name
+        .chars()
+        .take_while(|ch| ch.is_ascii_alphabetic())
+        .collect();
+    let features: String = name
+        .chars()
+        .skip_while(|ch| ch.is_ascii_alphabetic())
+        .skip_while(|ch| ch.is_ascii_digit() || *ch == '-')
+        .collect();
+    let premium_capable = features.contains('s') || family.ends_with('S');
+    let premium = s.vm.storage_account_type.as_ref().is_some_and(|t| {
+        matches!(
+            t.as_str(),
+            "Premium_LRS" | "Premium_ZRS" | "PremiumV2_LRS" | "UltraSSD_LRS"
+        )
+    });
+    if premium && !premium_capable {
+        c.warning(
+            "vm.storage_account_type",
+            format!("`{size}` has no `s` in its name, so it probably cannot attach {} disks and the switchover would fail; choose a premium-capable size such as `Standard_D2s_v3`, or `StandardSSD_LRS` disks.", s.vm.storage_account_type.as_ref().map(|t| t.as_str()).unwrap_or("premium")),
+        );
+    }
+    if s.vm.generation == super::model::HyperVGeneration::V2
+        && (family == "A" || family.starts_with("Basic"))
+    {
+        c.warning(
+            "vm.generation",
+            format!("The A-series size `{size}` does not run generation 2 VMs; choose another size (such as `Standard_D2s_v3`), or `generation = 1` if the master boots with BIOS."),
+        );
+    }
+}
+
+/// The appliance of an Azure scenario runs in Azure: it reaches the master
+/// only over a VPN or ExpressRoute, never through NAT.
+fn check_azure_is_alive_routes(c: &mut Checker, s: &Scenario) {
+    if !s.is_alive.enabled || s.master.nat || s.product == Product::Replication {
+        // NAT and replication-only scenarios have their own warnings.
+        return;
+    }
+    for (i, check) in s.is_alive.checks.iter().enumerate() {
+        if let Check::Tcp { host, .. } = check {
+            if is_private_host(host) {
+                c.warning(
+                    format!("is_alive.checks[{i}]"),
+                    format!("The appliance runs in Azure and reaches `{host}`, a private address, only if its virtual network has a route to the master's network (site-to-site VPN or ExpressRoute); without one this check always fails and the master looks dead. Keep only the `heartbeat` check, which travels over the master's own connection, unless that route exists."),
+                );
+            }
+        }
+    }
+}
+
+fn is_private_host(host: &str) -> bool {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => a.is_private() || a.is_link_local() || a.is_loopback(),
+        Ok(IpAddr::V6(a)) => a.is_loopback() || (a.segments()[0] & 0xfe00) == 0xfc00,
+        Err(_) => {
+            let h = host.to_ascii_lowercase();
+            [".local", ".internal", ".lan", ".corp", ".home"]
+                .iter()
+                .any(|suffix| h.ends_with(suffix))
+                || !h.contains('.')
+        }
     }
 }
 
