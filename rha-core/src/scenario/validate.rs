@@ -459,6 +459,10 @@ fn check_azure_size_features(c: &mut Checker, s: &Scenario, size: &str) {
         return;
     };
     let name = rest.split('_').next().unwrap_or("");
+    if !name.chars().any(|ch| ch.is_ascii_digit()) {
+        // Not a size name (reported by the format rule): nothing to say.
+        return;
+    }
     let family: String = name
         .chars()
         .take_while(|ch| ch.is_ascii_alphabetic())
