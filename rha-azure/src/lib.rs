@@ -27,9 +27,17 @@
 //!   bookmarks that become recovery points.
 //! - [`RecoveryPoint`], [`PointSelector`], [`resolve_recovery_point`]:
 //!   list points and pick `latest` or a chosen one for switchover and `vm start`.
+//! - [`account`]: cloud accounts (service principals) in a 0600 file, a
+//!   token test whose refusals say what to do (`rha cloud account ...`).
+//! - [`AzureProvider`]: the [`CloudProvider`](rha_core::cloud::CloudProvider)
+//!   of Azure: managed disks imported from the replica blobs, NIC, VM, with
+//!   cleanup when a step fails; Resource Manager behind [`arm::AzureApi`].
 //!
 //! The Azure SDK used underneath (`azure_storage_blobs` 0.21, the legacy
 //! line) stays behind these types: nothing of it appears in the API.
+//! The exceptions are the switchover's adapters: [`arm::SdkArm`] and
+//! [`account::AccountCredential`] take or implement azure_core 0.21's
+//! `HttpClient` and `TokenCredential`; callers use [`arm::AzureApi`].
 //!
 //! # Example
 //! ```no_run
