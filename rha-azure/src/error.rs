@@ -11,7 +11,7 @@ use rha_core::volume::VolumeError;
 /// An operation on Azure Blob storage that failed: what was attempted
 /// (`op`), on which blob (`url`), where in it (`offset`), how often, and why
 /// ([`AzureErrorKind`], whose message says what to do).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{op} {url}{}: {kind}{}", at(*offset), tries(*attempts))]
 pub struct AzureError {
     /// The operation (`put pages`, `read`, `acquire lease on`, ...).

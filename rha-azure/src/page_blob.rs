@@ -13,7 +13,7 @@
 //! writes of at most 4 MiB, several in flight; zero ranges are cleared.
 
 use std::collections::HashSet;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use azure_core::prelude::{LeaseBreakPeriod, LeaseDuration, LeaseId, ProposedLeaseId, Range};
 use azure_storage_blobs::prelude::{BA512Range, BlobClient, BlobVersioning, Snapshot};
@@ -24,7 +24,7 @@ use rha_core::volume::{check_range, Volume, VolumeError};
 
 use crate::error::{AzureError, AzureErrorKind};
 use crate::plan::{Op, Piece, Plan, SECTOR};
-use crate::store::{add, BlobStore};
+use crate::store::{add, BlobStore, Caller};
 
 const FOOTER_LEN: u64 = FOOTER_SIZE as u64;
 
@@ -46,6 +46,7 @@ pub struct PageBlobVolume {
     lease: Option<LeaseId>,
     snapshot: Option<String>,
     locks: SectorLocks,
+    behind: Arc<WriteBehind>,
 }
 
 impl std::fmt::Debug for PageBlobVolume {
@@ -124,7 +125,7 @@ impl PageBlobVolume {
                 acquire_lease(store, &client, &url, id, false).await?;
             }
             let bytes = Bytes::copy_from_slice(&footer.to_bytes());
-            put_pages(store, &client, &url, lease, virtual_size, bytes).await
+            put_pages(store.caller(), &client, &url, lease, virtual_size, bytes).await
         })?;
         Ok((
             PageBlobVolume::new(store, client, name, url, footer, lease, None),
@@ -191,6 +192,7 @@ impl PageBlobVolume {
             lease,
             snapshot,
             locks: SectorLocks::default(),
+            behind: Arc::new(WriteBehind::default()),
         }
     }
 
@@ -249,12 +251,6 @@ impl PageBlobVolume {
         Ok(())
     }
 
-    /// Applies `pieces` (in order, later ones winning) with as few requests
-    /// as the plan allows, several in flight. Pieces must lie inside the volume.
-    pub(crate) fn apply_pieces(&self, pieces: &[(u64, Piece<'_>)]) -> Result<(), AzureError> {
-        self.apply_plan(&self.plan(pieces))
-    }
-
     /// The requests that apply `pieces`.
     pub(crate) fn plan<'a>(&self, pieces: &[(u64, Piece<'a>)]) -> Plan<'a> {
         Plan::new(pieces, self.store.config().max_request_bytes as u64)
@@ -263,9 +259,140 @@ impl PageBlobVolume {
     /// Runs a plan: reads and patches its edge pages (locked meanwhile), then
     /// its requests, several in flight.
     pub(crate) fn apply_plan(&self, plan: &Plan<'_>) -> Result<(), AzureError> {
+        let (Some(first), Some(last)) = (plan.ops.first(), plan.ops.last()) else {
+            return Ok(());
+        };
+        // Earlier background writes to these pages land first.
+        self.wait_for_range(op_range(first).0, op_range(last).1)?;
         let edges: Vec<u64> = plan.edges.iter().map(|e| e.offset).collect();
         let _guard = self.locks.lock(&edges);
         self.store.block_on(self.run_plan(plan))
+    }
+
+    /// Starts the requests of a plan without edge pages in the background
+    /// and returns; [`Volume::flush`] waits for them and reports the first
+    /// that failed. Contiguous page writes are gathered into requests of up
+    /// to `max_request_bytes` (a synchronisation writes 1 MiB at a time);
+    /// at most `max_in_flight` requests run at once, each after any earlier
+    /// one on the same pages.
+    fn write_behind(&self, plan: &Plan<'_>) -> Result<(), AzureError> {
+        debug_assert!(plan.edges.is_empty());
+        let max_bytes = self.store.config().max_request_bytes;
+        for op in &plan.ops {
+            match op {
+                Op::Put { offset, len, parts } => {
+                    let mut gathering = self.behind.gathering();
+                    let contiguous = matches!(&*gathering,
+                        Some((o, buf)) if o + buf.len() as u64 == *offset
+                            && buf.len() + *len as usize <= max_bytes);
+                    if !contiguous {
+                        if let Some((o, buf)) = gathering.take() {
+                            self.start(Background::Put(o, buf.freeze()))?;
+                        }
+                        *gathering = Some((*offset, BytesMut::with_capacity(max_bytes)));
+                    }
+                    if let Some((_, buf)) = gathering.as_mut() {
+                        for p in parts {
+                            buf.extend_from_slice(plan.part_bytes(p, &[]));
+                        }
+                    }
+                    let full = gathering
+                        .as_ref()
+                        .is_some_and(|(_, buf)| buf.len() == max_bytes);
+                    if full {
+                        if let Some((o, buf)) = gathering.take() {
+                            self.start(Background::Put(o, buf.freeze()))?;
+                        }
+                    }
+                }
+                Op::Clear { offset, len } => {
+                    self.send_gathered()?;
+                    self.start(Background::Clear(*offset, *len))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the page writes gathered so far.
+    fn send_gathered(&self) -> Result<(), AzureError> {
+        let taken = self.behind.gathering().take();
+        match taken {
+            Some((o, buf)) => self.start(Background::Put(o, buf.freeze())),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts one background request once there is room for it and no
+    /// earlier request on the same pages is in flight.
+    fn start(&self, request: Background) -> Result<(), AzureError> {
+        let (start, end) = match &request {
+            Background::Put(o, d) => (*o, o + d.len() as u64),
+            Background::Clear(o, n) => (*o, o + n),
+        };
+        let max = self.store.config().max_in_flight;
+        let mut st = self
+            .behind
+            .wait_until(|st| st.ops.len() < max && !st.overlaps(start, end));
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.ops.push((id, start, end));
+        drop(st);
+        let (caller, client, url, lease) = (
+            self.store.caller().clone(),
+            self.client.clone(),
+            self.url.clone(),
+            self.lease,
+        );
+        let behind = self.behind.clone();
+        self.store.spawn(async move {
+            let r = match request {
+                Background::Put(offset, data) => {
+                    put_pages(&caller, &client, &url, lease, offset, data).await
+                }
+                Background::Clear(offset, len) => {
+                    clear_pages(&caller, &client, &url, lease, offset, len).await
+                }
+            };
+            behind.finish(id, r);
+        });
+        Ok(())
+    }
+
+    /// Waits until no background request overlaps `[start, end)` (starting
+    /// the gathered writes first).
+    fn wait_for_range(&self, start: u64, end: u64) -> Result<(), AzureError> {
+        self.send_gathered()?;
+        drop(self.behind.wait_until(|st| !st.overlaps(start, end)));
+        Ok(())
+    }
+
+    /// Waits for every background write; the first that failed since the
+    /// last flush is returned.
+    fn wait_for_writes(&self) -> Result<(), AzureError> {
+        let sent = self.send_gathered();
+        let mut st = self.behind.wait_until(|st| st.ops.is_empty());
+        match st.failed.take() {
+            Some(e) => Err(e),
+            None => sent,
+        }
+    }
+
+    /// Writes `pieces`: in the background when they cover whole pages,
+    /// otherwise (partial pages to read and patch) before returning.
+    fn write_pieces(&self, pieces: &[(u64, Piece<'_>)]) -> Result<(), AzureError> {
+        if let Some(e) = self.behind.lock().failed.clone() {
+            return Err(e);
+        }
+        let plan = self.plan(pieces);
+        if plan.edges.is_empty() {
+            self.write_behind(&plan)
+        } else {
+            self.apply_plan(&plan)
+        }
     }
 
     async fn run_plan(&self, plan: &Plan<'_>) -> Result<(), AzureError> {
@@ -326,7 +453,7 @@ impl PageBlobVolume {
                     data.extend_from_slice(plan.part_bytes(p, bufs));
                 }
                 put_pages(
-                    &self.store,
+                    self.store.caller(),
                     &self.client,
                     &self.url,
                     self.lease,
@@ -335,7 +462,17 @@ impl PageBlobVolume {
                 )
                 .await
             }
-            Op::Clear { offset, len } => self.clear(*offset, *len).await,
+            Op::Clear { offset, len } => {
+                clear_pages(
+                    self.store.caller(),
+                    &self.client,
+                    &self.url,
+                    self.lease,
+                    *offset,
+                    *len,
+                )
+                .await
+            }
         }
     }
 
@@ -348,24 +485,6 @@ impl PageBlobVolume {
         let mut buf = vec![0u8; n * SECTOR as usize];
         self.read_range(offset, &mut buf).await?;
         Ok((first, buf))
-    }
-
-    async fn clear(&self, offset: u64, len: u64) -> Result<(), AzureError> {
-        let range = ba512(&self.url, offset, len)?;
-        let (client, lease) = (&self.client, self.lease);
-        self.store
-            .call("clear pages of", &self.url, Some(offset), || {
-                let mut b = client.clear_page(range);
-                if let Some(id) = lease {
-                    b = b.lease_id(id);
-                }
-                b.into_future()
-            })
-            .await?;
-        let c = self.store.counters();
-        add(&c.clear_pages, 1);
-        add(&c.bytes_cleared, len);
-        Ok(())
     }
 
     /// Reads `buf.len()` bytes at `offset` (any alignment), in requests of
@@ -398,6 +517,15 @@ impl PageBlobVolume {
     }
 }
 
+impl Drop for PageBlobVolume {
+    /// Waits for the writes still in flight, so none is cut off.
+    fn drop(&mut self) {
+        if let Err(e) = self.wait_for_writes() {
+            tracing::warn!(url = self.url, error = %e, "a write in flight when the volume was dropped failed");
+        }
+    }
+}
+
 impl Volume for PageBlobVolume {
     fn size(&self) -> u64 {
         self.size
@@ -408,6 +536,7 @@ impl Volume for PageBlobVolume {
         if buf.is_empty() {
             return Ok(());
         }
+        self.wait_for_range(offset, offset + buf.len() as u64)?;
         Ok(self.store.block_on(self.read_into(offset, buf))?)
     }
 
@@ -417,7 +546,7 @@ impl Volume for PageBlobVolume {
         if data.is_empty() {
             return Ok(());
         }
-        Ok(self.apply_pieces(&[(offset, Piece::Data(data))])?)
+        Ok(self.write_pieces(&[(offset, Piece::Data(data))])?)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
@@ -426,12 +555,14 @@ impl Volume for PageBlobVolume {
         if len == 0 {
             return Ok(());
         }
-        Ok(self.apply_pieces(&[(offset, Piece::Zero(len))])?)
+        Ok(self.write_pieces(&[(offset, Piece::Zero(len))])?)
     }
 
-    /// Nothing to do: the service has committed every write when it returns.
+    /// Waits for the writes still in flight (a write covering whole pages
+    /// returns as soon as its requests are started); the service has
+    /// committed each one when it answered.
     fn flush(&self) -> Result<(), VolumeError> {
-        Ok(())
+        Ok(self.wait_for_writes()?)
     }
 
     fn describe(&self) -> String {
@@ -454,7 +585,7 @@ fn ba512(url: &str, offset: u64, len: u64) -> Result<BA512Range, AzureError> {
 
 /// Writes whole pages (`data.len()` a multiple of 512, at most 4 MiB) at `offset`.
 pub(crate) async fn put_pages(
-    store: &BlobStore,
+    store: &Caller,
     client: &BlobClient,
     url: &str,
     lease: Option<LeaseId>,
@@ -475,6 +606,31 @@ pub(crate) async fn put_pages(
     let c = store.counters();
     add(&c.put_pages, 1);
     add(&c.bytes_written, len);
+    Ok(())
+}
+
+/// Clears whole pages (`len` a multiple of 512) at `offset`.
+pub(crate) async fn clear_pages(
+    store: &Caller,
+    client: &BlobClient,
+    url: &str,
+    lease: Option<LeaseId>,
+    offset: u64,
+    len: u64,
+) -> Result<(), AzureError> {
+    let range = ba512(url, offset, len)?;
+    store
+        .call("clear pages of", url, Some(offset), || {
+            let mut b = client.clear_page(range);
+            if let Some(id) = lease {
+                b = b.lease_id(id);
+            }
+            b.into_future()
+        })
+        .await?;
+    let c = store.counters();
+    add(&c.clear_pages, 1);
+    add(&c.bytes_cleared, len);
     Ok(())
 }
 
@@ -644,6 +800,74 @@ pub(crate) async fn release_lease(store: &BlobStore, client: &BlobClient, url: &
         .await
     {
         tracing::warn!(url, error = %e, "could not release the lease");
+    }
+}
+
+fn op_range(op: &Op) -> (u64, u64) {
+    match op {
+        Op::Put { offset, len, .. } | Op::Clear { offset, len } => (*offset, offset + len),
+    }
+}
+
+/// A request started in the background, with its own copy of the data.
+enum Background {
+    Put(u64, Bytes),
+    Clear(u64, u64),
+}
+
+/// The page requests in flight in the background.
+#[derive(Debug, Default)]
+struct WriteBehind {
+    state: Mutex<BehindState>,
+    changed: Condvar,
+    /// Contiguous page writes not started yet: offset and bytes.
+    gathered: Mutex<Option<(u64, BytesMut)>>,
+}
+
+#[derive(Debug, Default)]
+struct BehindState {
+    next_id: u64,
+    /// (id, start, end) of each request in flight.
+    ops: Vec<(u64, u64, u64)>,
+    /// The first background request that failed since the last flush.
+    failed: Option<AzureError>,
+}
+
+impl BehindState {
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.ops.iter().any(|&(_, s, e)| s < end && start < e)
+    }
+}
+
+impl WriteBehind {
+    fn lock(&self) -> MutexGuard<'_, BehindState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_until(
+        &self,
+        mut ready: impl FnMut(&BehindState) -> bool,
+    ) -> MutexGuard<'_, BehindState> {
+        let mut st = self.lock();
+        while !ready(&st) {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st
+    }
+
+    fn gathering(&self) -> MutexGuard<'_, Option<(u64, BytesMut)>> {
+        self.gathered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finish(&self, id: u64, result: Result<(), AzureError>) {
+        let mut st = self.lock();
+        st.ops.retain(|&(i, _, _)| i != id);
+        if let Err(e) = result {
+            if st.failed.is_none() {
+                st.failed = Some(e);
+            }
+        }
+        self.changed.notify_all();
     }
 }
 

@@ -677,6 +677,7 @@ impl ReplicaSink for PageBlobSink {
 
     fn apply(&self, records: &[Record]) -> Result<Seq, SinkError> {
         let mut doc = self.lock();
+        self.flush_disks()?;
         let mut todo = unapplied(doc.state.applied, records)?;
         for r in todo {
             if r.volume as usize >= self.disks.len() {
@@ -710,7 +711,8 @@ impl ReplicaSink for PageBlobSink {
     }
 
     fn end_sync(&self, base: Seq) -> Result<(), SinkError> {
-        // Every synchronisation write was committed when it returned.
+        // The synchronisation's writes still in flight land first.
+        self.flush_disks()?;
         let mut doc = self.lock();
         let mut next = doc.clone();
         next.state.applied = base;
@@ -750,23 +752,36 @@ impl ReplicaSink for PageBlobSink {
 }
 
 impl PageBlobSink {
-    /// Takes the points of pending bookmarks at the applied sequence.
+    /// Waits for the disks' background writes (synchronisation writes).
+    fn flush_disks(&self) -> Result<(), SinkError> {
+        for d in &self.disks {
+            d.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Takes the points of pending bookmarks at the applied sequence. Ones
+    /// left behind (their point failed and the batch was applied by a
+    /// re-send) can no longer be taken: they are dropped with a warning.
     fn take_due_bookmarks(&self, doc: &mut StateDoc) -> Result<(), AzureError> {
         let applied = doc.state.applied;
-        let due: Vec<PendingBookmark> = doc
-            .pending_bookmarks
-            .iter()
-            .filter(|b| b.seq == applied)
-            .cloned()
-            .collect();
-        if due.is_empty() {
+        if !doc.pending_bookmarks.iter().any(|b| b.seq <= applied) {
             return Ok(());
         }
-        for b in &due {
-            self.take_point_locked(doc, &b.name)?;
+        for b in &doc.pending_bookmarks {
+            if b.seq == applied {
+                self.take_point_locked(doc, &b.name)?;
+            } else if b.seq < applied {
+                tracing::warn!(
+                    name = b.name,
+                    seq = b.seq,
+                    applied,
+                    "bookmark dropped: the replica went past it before its recovery point could be taken"
+                );
+            }
         }
         let mut next = doc.clone();
-        next.pending_bookmarks.retain(|b| b.seq != applied);
+        next.pending_bookmarks.retain(|b| b.seq > applied);
         self.save(doc, next)
     }
 }

@@ -188,7 +188,16 @@ struct Inner {
     container: ContainerClient,
     container_url: String,
     config: StoreConfig,
-    counters: Counters,
+    caller: Caller,
+}
+
+/// The retry loop and the counters, without the runtime: what a request
+/// spawned onto the runtime carries (so the runtime is never dropped from
+/// one of its own tasks).
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    retry: RetryPolicy,
+    counters: Arc<Counters>,
 }
 
 /// One container of a storage account, shared by the page-blob volumes and
@@ -290,8 +299,11 @@ impl BlobStore {
                 handle,
                 container,
                 container_url,
+                caller: Caller {
+                    retry: config.retry.clone(),
+                    counters: Arc::new(Counters::default()),
+                },
                 config,
-                counters: Counters::default(),
             }),
         })
     }
@@ -329,7 +341,7 @@ impl BlobStore {
 
     /// What the store's requests did so far.
     pub fn stats(&self) -> StoreStats {
-        let c = &self.inner.counters;
+        let c = &self.inner.caller.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StoreStats {
             attempts: g(&c.attempts),
@@ -347,7 +359,20 @@ impl BlobStore {
     }
 
     pub(crate) fn counters(&self) -> &Counters {
-        &self.inner.counters
+        &self.inner.caller.counters
+    }
+
+    /// The retry loop, to carry into spawned requests.
+    pub(crate) fn caller(&self) -> &Caller {
+        &self.inner.caller
+    }
+
+    /// Runs `fut` in the background on the store's runtime.
+    pub(crate) fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.inner.handle.spawn(fut);
     }
 
     /// A client for the blob `name` in the container.
@@ -396,14 +421,35 @@ impl BlobStore {
         op: &'static str,
         url: &str,
         offset: Option<u64>,
+        attempt: F,
+    ) -> Result<T, AzureError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = azure_core::Result<T>>,
+    {
+        self.inner.caller.call(op, url, offset, attempt).await
+    }
+}
+
+impl Caller {
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The retry loop (see [`RetryPolicy`]).
+    pub(crate) async fn call<T, Fut, F>(
+        &self,
+        op: &'static str,
+        url: &str,
+        offset: Option<u64>,
         mut attempt: F,
     ) -> Result<T, AzureError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = azure_core::Result<T>>,
     {
-        let policy = &self.inner.config.retry;
-        let c = &self.inner.counters;
+        let policy = &self.retry;
+        let c = &self.counters;
         let started = Instant::now();
         let mut n = 0u32;
         loop {

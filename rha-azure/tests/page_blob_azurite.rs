@@ -342,7 +342,11 @@ fn two_appliances_never_write_one_disk() {
     // A writer without the lease cannot touch the disk (412 from the service).
     let blob = first.disks()[0].blob_name().to_string();
     let unleased = PageBlobVolume::open(&store, &blob, None, false).unwrap();
-    let err = unleased.write_at(0, &[9; 512]).unwrap_err();
+    // (A write of whole pages runs in the background: its failure shows at the flush.)
+    let err = unleased
+        .write_at(0, &[9; 512])
+        .and_then(|()| unleased.flush())
+        .unwrap_err();
     let az = azure_error_of_volume(&err).expect("an Azure error");
     assert!(az.is_lease_conflict() && az.status() == Some(412), "{err}");
     assert!(err.to_string().contains(&blob), "{err}");

@@ -330,7 +330,11 @@ fn failures_that_outlast_the_retries_say_what_failed_where_and_what_to_do() {
     ));
 
     proxy.set_plan(vec![Fault::Busy503]);
-    let e = v.write_at(512, &[1; 512]).unwrap_err();
+    // Writes of whole pages run in the background: the flush reports them.
+    let e = v
+        .write_at(512, &[1; 512])
+        .and_then(|()| v.flush())
+        .unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.contains("put pages of") && msg.contains("offset 512"),
@@ -342,13 +346,21 @@ fn failures_that_outlast_the_retries_say_what_failed_where_and_what_to_do() {
     );
 
     proxy.set_plan(vec![Fault::DropBefore]);
-    let e = v.write_zeroes(0, MIB).unwrap_err();
+    let e = v.write_zeroes(0, MIB).and_then(|()| v.flush()).unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.contains("clear pages of") && msg.contains("connection failed"),
         "{msg}"
     );
 
+    // An unaligned write reads and patches its pages before returning: it fails at once.
+    let e = v.write_at(100, &[1; 10]).unwrap_err();
+    assert!(e.to_string().contains("connection failed"), "{e}");
+
     proxy.pass_all();
     v.write_at(512, &[1; 512]).unwrap();
+    v.flush().unwrap();
+    let mut back = vec![0u8; 512];
+    v.read_at(512, &mut back).unwrap();
+    assert!(back == [1; 512]);
 }
