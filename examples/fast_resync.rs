@@ -44,6 +44,9 @@ fn main() -> Result<()> {
     let config = JournalConfig {
         max_bytes: 8 << 20,
         fsync: FsyncPolicy::Never,
+        // 4 KiB regions (the default is 1 MiB): the figures in BENCHMARKS.md
+        // compare a resync of 1% random blocks at block granularity.
+        region_bytes: 4096,
         ..Default::default()
     };
 

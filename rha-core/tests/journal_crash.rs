@@ -24,6 +24,7 @@ fn config() -> JournalConfig {
         max_bytes: 1 << 30,
         fsync: FsyncPolicy::Always,
         region_bytes: 1 << 20,
+        ..JournalConfig::default()
     }
 }
 

@@ -4,9 +4,20 @@
 //! touches in generation **B**. Generation **A** holds older marks. The
 //! boundary `s` is the journal's last seq when B was started. When the
 //! replica acknowledges everything up to `s` or beyond, every write marked
-//! in A has been applied, so the journal rotates: A := B, B := empty,
-//! s := last seq. Invariant: every write that the replica has not yet
-//! acknowledged, or that was lost to a journal overflow, is in A ∪ B.
+//! in A has been applied, so the journal may rotate: A := B, B := H,
+//! s := last seq, where **H** (in memory only) holds the regions written
+//! since the previous rotation. Invariant: every write that the replica has
+//! not yet acknowledged, or that was lost to a journal overflow, is in A ∪ B.
+//! Extra marks are always safe: they only make a resync compare more.
+//!
+//! Keeping H in B is how DRBD's activity log keeps extents "hot": a region
+//! written at least once per rotation window stays marked, so writes to a
+//! working set cost no change-log I/O after warm-up; a region left alone
+//! for a whole window leaves B at the next rotation and A at the one after.
+//! The journal rotates at most once per
+//! [`JournalConfig::changelog_rotation`](super::JournalConfig::changelog_rotation),
+//! so after a crash a resync covers what was written in the last one to two
+//! windows (plus every region still hot).
 //!
 //! ```text
 //!  header (CHANGELOG_HEADER_FIXED + 8 * volumes bytes)
@@ -21,14 +32,18 @@
 //!  bitmap B (same layout)
 //! ```
 //!
-//! Setting a bit in B writes just the changed bytes in place and
-//! fdatasyncs; a write whose regions are already marked in B costs no I/O.
-//! Rotation rewrites the whole file atomically (temporary file + rename).
+//! Setting a bit in B writes just the changed bytes in place; the caller
+//! makes them durable with one fdatasync of [`ChangeLog::sync_handle`] (the
+//! journal group-commits marks of concurrent writers, see
+//! [`ChangeLog::mark`]). A write whose regions are already marked in B costs
+//! no I/O. Rotation rewrites the whole file atomically (temporary file +
+//! rename), which also makes every earlier mark durable.
 
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::state::write_atomic;
 use super::JournalError;
@@ -46,8 +61,9 @@ const CHANGELOG_HEADER_FIXED: usize = 32;
 pub(crate) struct ChangeLog {
     path: PathBuf,
     dir: PathBuf,
-    /// Open read-write once the file exists.
-    file: Option<File>,
+    /// Open read-write once the file exists (shared so that marks can be
+    /// made durable without the journal's lock).
+    file: Option<Arc<File>>,
     region_bytes: u64,
     sizes: Vec<u64>,
     /// Byte offset of each volume's bitmap inside one generation.
@@ -56,7 +72,10 @@ pub(crate) struct ChangeLog {
     boundary: Seq,
     a: Vec<u8>,
     b: Vec<u8>,
-    /// Number of in-place writes (each followed by an fdatasync) so far.
+    /// Regions written since the last rotation (in memory; always within B).
+    hot: Vec<u8>,
+    /// Number of in-place writes so far; each is one mark generation that
+    /// must be made durable before its write may reach the disk.
     pub(crate) writes: u64,
 }
 
@@ -81,6 +100,33 @@ fn header_len(volumes: usize) -> usize {
 
 fn regions(size: u64, region_bytes: u64) -> u64 {
     size.div_ceil(region_bytes)
+}
+
+/// The region size stored in the change-log file at `path`, or `None` when
+/// there is no such file or its header is not readable (opening it reports why).
+pub(crate) fn stored_region_bytes(path: &Path) -> Result<Option<u64>, JournalError> {
+    let mut header = [0u8; 20];
+    match File::open(path).and_then(|f| f.read_exact_at(&mut header, 0)) {
+        Ok(()) if header[0..8] == CHANGELOG_MAGIC => {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&header[12..20]);
+            Ok(Some(u64::from_le_bytes(x)).filter(|&r| r > 0))
+        }
+        Ok(()) => Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(JournalError::Io {
+            op: "read change log header",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 impl ChangeLog {
@@ -130,6 +176,7 @@ impl ChangeLog {
             boundary: boundary_if_new,
             a: vec![0; gen_bytes],
             b: vec![0; gen_bytes],
+            hot: vec![0; gen_bytes],
             writes: 0,
         };
         match existing {
@@ -225,7 +272,7 @@ impl ChangeLog {
     }
 
     fn reopen(&mut self) -> Result<(), JournalError> {
-        self.file = Some(
+        self.file = Some(Arc::new(
             OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -235,8 +282,21 @@ impl ChangeLog {
                     path: self.path.clone(),
                     source,
                 })?,
-        );
+        ));
         Ok(())
+    }
+
+    /// The open change-log file, to fdatasync outside the journal's lock.
+    pub(crate) fn sync_handle(&self) -> Result<Arc<File>, JournalError> {
+        self.file.clone().ok_or_else(|| JournalError::Failed {
+            path: self.path.clone(),
+            reason: "the change log is not open".into(),
+        })
+    }
+
+    /// The path of the change-log file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Checks that `volume`, `offset` and `len` describe a range inside a volume.
@@ -265,16 +325,20 @@ impl ChangeLog {
     }
 
     /// Marks the regions of `volume` touched by `offset..offset+len` in
-    /// generation B, durably. Does no I/O if they were all marked already.
+    /// generation B and as hot. Writes the changed bytes in place when a bit
+    /// is new and returns their mark generation: the write may reach the
+    /// disk only once the file has been fdatasync'ed after that generation
+    /// was written (or a rotation rewrote the file). `None`: every region was
+    /// marked already and nothing needs to be made durable.
     /// The range must have passed [`ChangeLog::check_range`].
     pub(crate) fn mark(
         &mut self,
         volume: VolumeId,
         offset: u64,
         len: u64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<Option<u64>, JournalError> {
         if len == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let base = self.starts[volume as usize] as u64 * 8;
         let first = base + offset / self.region_bytes;
@@ -282,29 +346,29 @@ impl ChangeLog {
         let (first_byte, last_byte) = ((first / 8) as usize, (last / 8) as usize);
         let before = self.b[first_byte..=last_byte].to_vec();
         for bit in first..=last {
-            self.b[(bit / 8) as usize] |= 1u8 << (bit % 8);
+            let (byte, mask) = ((bit / 8) as usize, 1u8 << (bit % 8));
+            self.b[byte] |= mask;
+            self.hot[byte] |= mask;
         }
         if self.b[first_byte..=last_byte] == before[..] {
-            return Ok(());
+            return Ok(None);
         }
         let at = (header_len(self.sizes.len()) + self.gen_bytes + first_byte) as u64;
         let res = match &self.file {
-            Some(f) => f
-                .write_all_at(&self.b[first_byte..=last_byte], at)
-                .and_then(|()| f.sync_data()),
+            Some(f) => f.write_all_at(&self.b[first_byte..=last_byte], at),
             None => Err(std::io::Error::other("change log is not open")),
         };
-        self.writes += 1;
         if let Err(source) = res {
             // Forget the new marks so that the next write retries them.
             self.b[first_byte..=last_byte].copy_from_slice(&before);
             return Err(JournalError::Io {
-                op: "write and fdatasync change log",
+                op: "write change log",
                 path: self.path.clone(),
                 source,
             });
         }
-        Ok(())
+        self.writes += 1;
+        Ok(Some(self.writes))
     }
 
     /// The boundary seq `s`.
@@ -312,17 +376,26 @@ impl ChangeLog {
         self.boundary
     }
 
-    /// A := B, B := empty, s := `last_seq`, atomically on disk.
+    /// True when A and B hold no mark (a rotation would change nothing but `s`).
+    pub(crate) fn is_clear(&self) -> bool {
+        self.a.iter().chain(&self.b).all(|&x| x == 0)
+    }
+
+    /// A := B, B := the regions written since the last rotation, s :=
+    /// `last_seq`, atomically on disk. Every mark set so far is durable once
+    /// this returns `Ok`. After an error the in-memory bitmaps are at least
+    /// as conservative as the file, whichever file a crash leaves behind.
     pub(crate) fn rotate(&mut self, last_seq: Seq) -> Result<(), JournalError> {
-        let old_a = std::mem::replace(&mut self.a, std::mem::take(&mut self.b));
+        let hot = std::mem::replace(&mut self.hot, vec![0; self.gen_bytes]);
+        let old_a = std::mem::replace(&mut self.a, std::mem::replace(&mut self.b, hot));
         let old_boundary = self.boundary;
-        self.b = vec![0; self.gen_bytes];
         self.boundary = last_seq;
         if let Err(e) = self.rewrite().and_then(|()| self.reopen()) {
             // Keep the in-memory state equal to (or more conservative than) the file.
             for (x, y) in self.a.iter_mut().zip(&old_a) {
                 *x |= *y;
             }
+            self.hot.clone_from(&self.a);
             self.b = self.a.clone();
             self.boundary = old_boundary;
             return Err(e);
@@ -389,6 +462,33 @@ mod tests {
         assert!(log.check_range(1, 4096, 8192).is_ok());
         assert!(log.check_range(1, 4096, 8193).is_err());
         assert!(log.check_range(2, 0, 1).is_err());
+    }
+
+    #[test]
+    fn hot_regions_stay_marked_across_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ChangeLog::open(dir.path(), 4096, &[16 * 4096], 0).unwrap();
+        assert_eq!(log.mark(0, 0, 10).unwrap(), Some(1));
+        assert_eq!(log.mark(0, 100, 10).unwrap(), None, "same region: no I/O");
+        log.rotate(1).unwrap();
+        // Written during the window: still marked in B, so writing it again is free.
+        assert_eq!(log.mark(0, 0, 10).unwrap(), None);
+        assert_eq!(log.mark(0, 4096, 10).unwrap(), Some(2));
+        log.rotate(2).unwrap();
+        assert_eq!(log.dirty_ranges(0), vec![0..2 * 4096]);
+        // Left alone for a window: leaves B, then A.
+        log.rotate(3).unwrap();
+        assert_eq!(log.dirty_ranges(0), vec![0..2 * 4096]);
+        log.rotate(4).unwrap();
+        assert_eq!(log.dirty_ranges(0), vec![]);
+        assert!(log.is_clear());
+        assert_eq!(log.writes, 2);
+        // The carried marks are on disk.
+        assert_eq!(log.mark(0, 8192, 1).unwrap(), Some(3));
+        log.rotate(5).unwrap();
+        drop(log);
+        let log = ChangeLog::open(dir.path(), 4096, &[16 * 4096], 0).unwrap();
+        assert_eq!(log.dirty_ranges(0), vec![8192..3 * 4096]);
     }
 
     #[test]

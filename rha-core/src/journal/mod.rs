@@ -4,10 +4,14 @@
 //! ```text
 //!   write splitter ──append()──► [mark ChangeLog B] ──► [append record to segment] ──► Appended
 //!                                 (fdatasync only        (fdatasync per FsyncPolicy)
-//!                                  on a new bit)
+//!                                  on a new bit, one
+//!                                  for all concurrent
+//!                                  writers)
 //!   replicator ──read_after(acked)──► records ──► replica applies ──► acknowledge(upto)
-//!                                                                     (state file, delete
-//!                                                                      segments, rotate A/B)
+//!                                                                     (rotate A/B at most once
+//!                                                                      per changelog_rotation;
+//!                                                                      then, outside the lock:
+//!                                                                      state file, delete segments)
 //! ```
 //!
 //! Directory layout: `{first_seq:020}.seg` segment files ([`segment`]),
@@ -51,7 +55,7 @@ use std::io::{BufReader, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use record::{decode_record, encode_record, RecordError, MAX_DATA_BYTES};
@@ -129,12 +133,25 @@ pub struct JournalConfig {
     pub max_bytes: u64,
     /// When records are fdatasync'ed.
     pub fsync: FsyncPolicy,
-    /// Smallest size of one change-log region in bytes (default 4 KiB, one
-    /// block, so a fast resync compares just what changed). For large volumes
-    /// the region doubles until each bitmap generation holds at most
+    /// Smallest size of one change-log region in bytes (default 1 MiB, the
+    /// order of DRBD's 4 MiB activity-log extents). A write costs change-log
+    /// I/O (an fdatasync) only when it touches a region that is not marked
+    /// yet, so larger regions keep random writes over a working set free of
+    /// I/O; smaller ones make a fast resync compare less (block-level resync
+    /// still sends only the 4 KiB blocks that differ). For large volumes the
+    /// region doubles until each bitmap generation holds at most
     /// [`MAX_CHANGE_LOG_BITS`] bits, which bounds its memory (2 MiB) whatever
-    /// the volume size. Must be the same on every open of a journal directory.
+    /// the volume size. Used when the change log is created: an existing
+    /// change log keeps the region size it was created with.
     pub region_bytes: u64,
+    /// Shortest time between two rotations of the change log (default 5 s).
+    /// A rotation forgets the regions that were not written for a whole
+    /// window, so with a longer window more writes find their region marked
+    /// already (no I/O), and after a crash the resync covers the regions
+    /// written in the last one to two windows. Zero rotates at every
+    /// acknowledgement that reaches the boundary (the least to resync, the
+    /// most change-log I/O).
+    pub changelog_rotation: Duration,
 }
 
 impl From<&crate::scenario::JournalSettings> for JournalConfig {
@@ -152,6 +169,12 @@ impl From<&crate::scenario::JournalSettings> for JournalConfig {
         }
     }
 }
+
+/// Default [`JournalConfig::region_bytes`]: 1 MiB.
+pub const DEFAULT_REGION_BYTES: u64 = 1 << 20;
+
+/// Default [`JournalConfig::changelog_rotation`]: 5 seconds.
+pub const DEFAULT_CHANGELOG_ROTATION: Duration = Duration::from_secs(5);
 
 /// Most bits of one change-log generation (over all volumes): 2 MiB of bitmap.
 pub const MAX_CHANGE_LOG_BITS: u64 = 1 << 24;
@@ -172,7 +195,8 @@ impl Default for JournalConfig {
             segment_bytes: 64 << 20,
             max_bytes: 1 << 30,
             fsync: FsyncPolicy::Always,
-            region_bytes: 4096,
+            region_bytes: DEFAULT_REGION_BYTES,
+            changelog_rotation: DEFAULT_CHANGELOG_ROTATION,
         }
     }
 }
@@ -340,9 +364,78 @@ pub const LOCK_FILE: &str = "lock";
 ///
 /// All methods take `&self`; one internal lock orders appends,
 /// acknowledgements and change-log rotations. Reads hold the lock only to
-/// find and open the segments they need.
+/// find and open the segments they need. The fdatasync of new change-log
+/// marks and the state file written by [`Journal::acknowledge`] happen
+/// outside it, so writers do not wait for the replicator's I/O, and one
+/// fdatasync covers the marks of every writer that waited for it.
 pub struct Journal {
     inner: Mutex<Inner>,
+    marks: MarkSync,
+    /// Serialises state-file writes (see [`StateWriter`]).
+    writer: Arc<StateWriter>,
+}
+
+/// Group commit of change-log marks: the first writer that needs its marks
+/// durable fdatasyncs the file for everyone who set marks before it began.
+#[derive(Debug, Default)]
+struct MarkSync {
+    state: Mutex<MarkSyncState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct MarkSyncState {
+    /// Every mark generation up to this one is on stable storage.
+    durable: u64,
+    /// A writer is fdatasyncing the change log now.
+    syncing: bool,
+    /// A failed fdatasync: the marks' state on disk is unknown.
+    failed: Option<String>,
+    /// Number of change-log fdatasyncs run so far (for tests and statistics).
+    syncs: u64,
+}
+
+impl MarkSync {
+    fn lock(&self) -> MutexGuard<'_, MarkSyncState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that every mark generation up to `gen` is durable.
+    fn advance(&self, gen: u64) {
+        let mut st = self.lock();
+        st.durable = st.durable.max(gen);
+        self.done.notify_all();
+    }
+}
+
+/// Writes snapshots of the state file in the order they were taken: each
+/// snapshot carries a version handed out under the journal's lock, and a
+/// snapshot older than the one on disk is never written.
+#[derive(Debug, Default)]
+struct StateWriter {
+    /// The version of the state file on disk.
+    written: Mutex<u64>,
+}
+
+impl StateWriter {
+    fn write(&self, dir: &Path, version: u64, state: &State) -> Result<(), JournalError> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written >= version {
+            return Ok(()); // a later state is on disk already
+        }
+        state::write_state(dir, state)?;
+        *written = version;
+        Ok(())
+    }
+}
+
+/// The I/O an acknowledgement leaves to do after the journal's lock is dropped.
+#[derive(Debug, Default)]
+struct AckWork {
+    /// A snapshot of the state to persist, with its version.
+    state: Option<(u64, State)>,
+    /// Segment files that hold only acknowledged records.
+    delete: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -382,6 +475,11 @@ struct Inner {
     discards: u64,
     /// Number of change-log rotations so far (in this process).
     rotations: u64,
+    /// When the change log last rotated (or the journal was opened).
+    last_rotation: Instant,
+    /// Version of `state`, raised at every change that is to be persisted.
+    state_version: u64,
+    writer: Arc<StateWriter>,
     /// `(discards, rotations)` when the current resync started.
     resync: Option<(u64, u64)>,
     failed: Option<String>,
@@ -469,7 +567,12 @@ impl Journal {
             });
         }
         // Created before the state file, so "state but no change log" is damage.
-        let region_bytes = effective_region_bytes(config.region_bytes, volume_sizes);
+        // An existing change log keeps its region size (the default changed
+        // from 4 KiB to 1 MiB; older journals stay usable as they are).
+        let region_bytes = match changelog::stored_region_bytes(&changelog_path)? {
+            Some(stored) => stored,
+            None => effective_region_bytes(config.region_bytes, volume_sizes),
+        };
         let changelog = ChangeLog::open(&dir, region_bytes, volume_sizes, 0)?;
         let mut st = previous.clone().unwrap_or_default();
         if st.needs_resync {
@@ -650,6 +753,7 @@ impl Journal {
             None => None,
         };
         let records = segments.iter().map(|s| s.offsets.len() as u64).sum();
+        let writer = Arc::new(StateWriter::default());
         let mut inner = Inner {
             dir,
             config,
@@ -665,6 +769,9 @@ impl Journal {
             unacked_bytes: 0,
             discards: 0,
             rotations: 0,
+            last_rotation: Instant::now(),
+            state_version: 0,
+            writer: writer.clone(),
             resync: None,
             failed: None,
             buf: Vec::new(),
@@ -681,6 +788,8 @@ impl Journal {
         Ok((
             Journal {
                 inner: Mutex::new(inner),
+                marks: MarkSync::default(),
+                writer,
             },
             recovery,
         ))
@@ -708,7 +817,7 @@ impl Journal {
                 max: MAX_DATA_BYTES as u64,
             });
         }
-        self.lock().append(volume, offset, PayloadRef::Data(data))
+        self.append_payload(volume, offset, PayloadRef::Data(data))
     }
 
     /// Journals zeroing `len` bytes at `offset` on `volume` (as [`Journal::append`]).
@@ -718,7 +827,93 @@ impl Journal {
         offset: u64,
         len: u64,
     ) -> Result<Appended, JournalError> {
-        self.lock().append(volume, offset, PayloadRef::Zero(len))
+        self.append_payload(volume, offset, PayloadRef::Zero(len))
+    }
+
+    /// Marks the write's regions, makes new marks durable without holding
+    /// the lock (group commit), then appends the record under the same lock
+    /// as a final check that its regions are still marked (a rotation in
+    /// between may have dropped them: then they are marked again).
+    fn append_payload(
+        &self,
+        volume: VolumeId,
+        offset: u64,
+        payload: PayloadRef<'_>,
+    ) -> Result<Appended, JournalError> {
+        let len = payload.len();
+        loop {
+            let mut inner = self.lock();
+            inner.check_failed()?;
+            inner.changelog.check_range(volume, offset, len)?;
+            // The change log first: it must cover the write whatever happens next.
+            match inner.changelog.mark(volume, offset, len)? {
+                None => return inner.append(volume, offset, payload),
+                Some(gen) => {
+                    drop(inner);
+                    self.marks_durable(gen)?;
+                }
+            }
+        }
+    }
+
+    /// Returns once change-log mark generation `gen` is on stable storage:
+    /// waits for a running fdatasync, or runs one for every mark written so far.
+    fn marks_durable(&self, gen: u64) -> Result<(), JournalError> {
+        let mut st = self.marks.lock();
+        loop {
+            if let Some(reason) = st.failed.clone() {
+                drop(st);
+                return Err(JournalError::Failed {
+                    path: self.lock().changelog.path().to_path_buf(),
+                    reason,
+                });
+            }
+            if st.durable >= gen {
+                return Ok(());
+            }
+            if !st.syncing {
+                break;
+            }
+            st = self.marks.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.syncing = true;
+        drop(st);
+        // Lock order: the journal's lock is never taken while holding the marks' lock.
+        let handle = {
+            let inner = self.lock();
+            inner.changelog.sync_handle().map(|f| {
+                (
+                    f,
+                    inner.changelog.writes,
+                    inner.changelog.path().to_path_buf(),
+                )
+            })
+        };
+        let res = handle.and_then(|(file, upto, path)| {
+            file.sync_data()
+                .map(|()| upto)
+                .map_err(io("fdatasync change log", &path))
+        });
+        let mut st = self.marks.lock();
+        st.syncing = false;
+        st.syncs += 1;
+        let res = match res {
+            Ok(upto) => {
+                st.durable = st.durable.max(upto);
+                Ok(())
+            }
+            Err(e) => {
+                // The page cache state of the file is unknown after a failed fdatasync.
+                st.failed = Some(e.to_string());
+                Err(e)
+            }
+        };
+        self.marks.done.notify_all();
+        drop(st);
+        if let Err(e) = &res {
+            self.lock().failed = Some(e.to_string());
+        }
+        res
     }
 
     /// Forces every appended record to stable storage.
@@ -836,7 +1031,37 @@ impl Journal {
     /// and rotates the change log when `upto` reaches its boundary (unless a
     /// resync is pending). Acknowledging less than before is a no-op.
     pub fn acknowledge(&self, upto: Seq) -> Result<(), JournalError> {
-        self.lock().acknowledge(upto, false)
+        self.acknowledge_as(upto, false)
+    }
+
+    /// Acknowledges under the lock, then persists the state and deletes the
+    /// acknowledged segments after dropping it. The state is durable before
+    /// any segment is deleted, and a later state is never overwritten by an
+    /// earlier one ([`StateWriter`]).
+    fn acknowledge_as(&self, upto: Seq, resync: bool) -> Result<(), JournalError> {
+        let (work, dir, rotated) = {
+            let mut inner = self.lock();
+            let rotations = inner.rotations;
+            let work = inner.acknowledge(upto, resync)?;
+            let rotated = (inner.rotations != rotations).then_some(inner.changelog.writes);
+            (work, inner.dir.clone(), rotated)
+        };
+        if let Some(gen) = rotated {
+            // The rotation rewrote the change log with every mark set so far.
+            self.marks.advance(gen);
+        }
+        if let Some((version, state)) = &work.state {
+            self.writer.write(&dir, *version, state)?;
+        }
+        for path in &work.delete {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("delete acknowledged segment", path)(e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The highest seq acknowledged so far.
@@ -886,7 +1111,7 @@ impl Journal {
     /// rotates the change log (A := B) when no rotation happened since the
     /// resync started; marks made after it started stay covered.
     pub fn resync_completed(&self, base: Seq) -> Result<(), JournalError> {
-        self.lock().acknowledge(base, true)
+        self.acknowledge_as(base, true)
     }
 
     /// Syncs everything and records a clean shutdown.
@@ -914,9 +1139,18 @@ impl Inner {
         }
     }
 
+    /// Persists the state now (under the lock: for changes that must be
+    /// durable before the caller goes on).
     fn persist_state(&mut self) -> Result<(), JournalError> {
+        let (version, state) = self.state_snapshot();
+        self.writer.write(&self.dir, version, &state)
+    }
+
+    /// A new version of the state, to persist (in version order) with [`StateWriter`].
+    fn state_snapshot(&mut self) -> (u64, State) {
         self.state.seq_floor = self.last_seq;
-        state::write_state(&self.dir, &self.state)
+        self.state_version += 1;
+        (self.state_version, self.state.clone())
     }
 
     fn append(
@@ -925,11 +1159,7 @@ impl Inner {
         offset: u64,
         payload: PayloadRef<'_>,
     ) -> Result<Appended, JournalError> {
-        self.check_failed()?;
-        let len = payload.len();
-        self.changelog.check_range(volume, offset, len)?;
-        // The change log first: it must cover the write whatever happens next.
-        self.changelog.mark(volume, offset, len)?;
+        // The caller checked the range and made its marks durable.
         let seq = self.last_seq + 1;
         let rec_len = payload.encoded_len() as u64;
         if self.unacked_bytes + rec_len > self.config.max_bytes {
@@ -1096,7 +1326,11 @@ impl Inner {
         Ok(())
     }
 
-    fn acknowledge(&mut self, upto: Seq, resync: bool) -> Result<(), JournalError> {
+    /// The in-memory part of an acknowledgement: raises the acknowledged
+    /// seq, takes acknowledged segments out of the index, and rotates the
+    /// change log when due. The state snapshot and the files to delete are
+    /// left to the caller, to do without the lock (state first).
+    fn acknowledge(&mut self, upto: Seq, resync: bool) -> Result<AckWork, JournalError> {
         if upto > self.last_seq {
             return Err(JournalError::AckBeyondEnd {
                 upto,
@@ -1116,13 +1350,17 @@ impl Inner {
             }
             rotations == self.rotations
         } else {
-            upto >= self.changelog.boundary() && !self.state.needs_resync
+            upto >= self.changelog.boundary()
+                && !self.state.needs_resync
+                && self.last_rotation.elapsed() >= self.config.changelog_rotation
+                && !self.changelog.is_clear()
         };
+        let mut work = AckWork::default();
         if changed {
-            self.persist_state()?;
+            work.state = Some(self.state_snapshot());
         }
-        // Delete segments that hold only acknowledged records (the next
-        // append starts a new segment if the active one goes).
+        // Take segments that hold only acknowledged records out of the
+        // index (the next append starts a new segment if the active one goes).
         let acked = self.state.acknowledged;
         while let Some(front) = self.segments.front() {
             let done = match front.last_seq() {
@@ -1132,21 +1370,26 @@ impl Inner {
             if !done {
                 break;
             }
-            let path = front.path.clone();
             if self.segments.len() == 1 {
                 self.active = None;
                 self.active_dirty = false;
             }
-            fs::remove_file(&path).map_err(io("delete acknowledged segment", &path))?;
-            self.segments.pop_front();
+            if let Some(seg) = self.segments.pop_front() {
+                work.delete.push(seg.path);
+            }
             self.dir_dirty = true;
         }
         self.recount();
         if rotate {
-            self.changelog.rotate(self.last_seq)?;
+            if let Err(e) = self.changelog.rotate(self.last_seq) {
+                // The open change-log file may be one that was replaced.
+                self.failed = Some(format!("a change-log rotation failed: {e}"));
+                return Err(e);
+            }
             self.rotations += 1;
+            self.last_rotation = Instant::now();
         }
-        Ok(())
+        Ok(work)
     }
 }
 

@@ -11,6 +11,8 @@ fn cfg() -> JournalConfig {
         max_bytes: 1 << 20,
         fsync: FsyncPolicy::Always,
         region_bytes: 4096,
+        // Rotate at every acknowledgement that reaches the boundary.
+        changelog_rotation: Duration::ZERO,
     }
 }
 
@@ -115,6 +117,157 @@ fn steady_state_writes_do_not_touch_the_change_log() {
     j.append_zero(0, 0, 3 * 4096).unwrap(); // only region 2 is new
     assert_eq!(j.lock().changelog.writes, 3);
     assert_eq!(j.dirty_ranges(0), vec![0..3 * 4096]);
+}
+
+#[test]
+fn marks_stay_hot_between_rotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        changelog_rotation: Duration::from_secs(3600),
+        max_bytes: 1 << 30,
+        segment_bytes: 1 << 20,
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config);
+    // Random writes over a working set of 16 regions, acknowledged as they go.
+    let mut x = 7u64;
+    for _ in 0..400 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let s = logged(
+            j.append(0, (x >> 33) % (16 * 4096 - 100), &[1; 100])
+                .unwrap(),
+        );
+        j.acknowledge(s).unwrap();
+    }
+    // Each region was marked once (one write straddles two at most): no
+    // rotation within the window, so no fresh marks after warm-up.
+    let writes = j.lock().changelog.writes;
+    assert!(writes <= 16, "{writes} change-log writes for 16 regions");
+    assert_eq!(j.lock().rotations, 0);
+    assert_eq!(j.dirty_ranges(0), vec![0..16 * 4096]);
+    assert!(j.marks.lock().syncs <= writes);
+}
+
+#[test]
+fn rotation_waits_for_the_interval_then_forgets_cold_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        changelog_rotation: Duration::from_millis(50),
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config);
+    let s = logged(j.append(0, 0, b"cold").unwrap());
+    j.acknowledge(s).unwrap(); // boundary 0 reached, but the window is not over
+    assert_eq!(j.lock().rotations, 0);
+    std::thread::sleep(Duration::from_millis(60));
+    let s = logged(j.append(0, 4096, b"hot").unwrap());
+    j.acknowledge(s).unwrap(); // rotates: A = {0, 1}, B = {0, 1} (both written in the window)
+    assert_eq!(j.lock().rotations, 1);
+    std::thread::sleep(Duration::from_millis(60));
+    let s = logged(j.append(0, 4096, b"hot again").unwrap());
+    assert_eq!(j.lock().changelog.writes, 2, "a hot region costs no I/O");
+    j.acknowledge(s).unwrap(); // A = {0, 1}, B = {1}
+    std::thread::sleep(Duration::from_millis(60));
+    j.append(0, 4096, b"hot still").unwrap();
+    j.acknowledge(j.last_seq()).unwrap(); // A = {1}, B = {1}
+    assert_eq!(j.dirty_ranges(0), vec![4096..8192], "region 0 went cold");
+    assert_eq!(j.lock().changelog.writes, 2);
+    // Everything acknowledged and nothing written: the marks age out.
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(60));
+        j.acknowledge(j.last_seq()).unwrap();
+    }
+    assert_eq!(j.dirty_ranges(0), vec![]);
+}
+
+#[test]
+fn concurrent_writers_share_change_log_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        max_bytes: 1 << 30,
+        segment_bytes: 1 << 20,
+        fsync: FsyncPolicy::Never,
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config);
+    let j = Arc::new(j);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let j = j.clone();
+            std::thread::spawn(move || {
+                for i in 0..32u64 {
+                    // Every write marks a region of its own.
+                    let region = t * 32 + i;
+                    logged(j.append(0, region * 4096, &[t as u8; 10]).unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let writes = j.lock().changelog.writes;
+    let syncs = j.marks.lock().syncs;
+    assert_eq!(writes, 128);
+    assert!(syncs <= writes, "{syncs} syncs for {writes} marks");
+    assert_eq!(j.dirty_ranges(0), vec![0..128 * 4096]);
+    // The marks are on disk.
+    drop(j);
+    let (j, _) = open(dir.path(), cfg());
+    assert_eq!(j.dirty_ranges(0), vec![0..128 * 4096]);
+}
+
+#[test]
+fn concurrent_acknowledgements_leave_the_newest_state_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        max_bytes: 1 << 30,
+        segment_bytes: 1 << 20,
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config.clone());
+    for i in 0..64u64 {
+        j.append(0, i * 100, &data(i, 100)).unwrap();
+    }
+    let j = Arc::new(j);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let j = j.clone();
+            std::thread::spawn(move || {
+                for i in 0..16u64 {
+                    j.acknowledge(1 + (i * 4 + t * 7) % 64).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    j.acknowledge(64).unwrap();
+    assert_eq!(
+        state::read_state(dir.path()).unwrap().unwrap().acknowledged,
+        64
+    );
+    drop(j);
+    let (j, _) = open(dir.path(), config);
+    assert_eq!(j.acknowledged(), 64);
+    assert!(seg_files(dir.path()).is_empty());
+}
+
+#[test]
+fn an_existing_change_log_keeps_its_region_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), cfg());
+    j.append(0, 4096, b"x").unwrap();
+    j.close().unwrap();
+    let config = JournalConfig {
+        region_bytes: 1 << 20,
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config);
+    assert_eq!(j.dirty_ranges(0), vec![4096..8192]);
 }
 
 #[test]
@@ -593,6 +746,7 @@ proptest! {
             max_bytes: 30_000,
             fsync: FsyncPolicy::Never,
             region_bytes: 4096,
+            changelog_rotation: Duration::ZERO,
         };
         let sizes = [VOL, VOL / 2];
         let mut j = Some(Journal::open(dir.path(), config.clone(), &sizes).unwrap().0);
