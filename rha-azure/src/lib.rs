@@ -68,6 +68,7 @@ mod store;
 // Cloud accounts and the switchover to an Azure VM.
 pub mod account;
 pub mod arm;
+pub mod logging;
 pub mod provider;
 
 pub use account::{AccountStore, AzureAccount, ClientSecret};

@@ -103,14 +103,27 @@ enum VhdCommand {
     },
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RHA_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+/// Logs to stderr, filtered by `RHA_LOG` (default `warn`). The debug and
+/// trace events of the Azure SDK and the HTTP stack are never let through,
+/// whatever `RHA_LOG` says: they print tokens and client secrets
+/// (`rha_azure::logging`).
+fn init_logging() {
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::prelude::*;
+    let env = tracing_subscriber::EnvFilter::try_from_env("RHA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let safe = filter_fn(|m| !rha_azure::logging::withheld(m.target(), m.level()));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(env.and(safe)),
         )
-        .with_writer(std::io::stderr)
         .init();
+}
+
+fn main() -> ExitCode {
+    init_logging();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

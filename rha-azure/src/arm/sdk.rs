@@ -95,6 +95,14 @@ struct Counting {
 impl HttpClient for Counting {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<Response> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        // The method and path only: the query may hold a signature, and the
+        // headers a bearer token (see `crate::logging`).
+        tracing::debug!(
+            method = %request.method(),
+            host = request.url().host_str().unwrap_or(""),
+            path = request.url().path(),
+            "Resource Manager request"
+        );
         self.inner.execute_request(request).await
     }
 }
