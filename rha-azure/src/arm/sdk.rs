@@ -84,6 +84,9 @@ impl Default for ArmOptions {
     }
 }
 
+/// Instance views read at once when a region's VMs are listed.
+const INSTANCE_VIEWS_IN_FLIGHT: usize = 8;
+
 /// Counts the requests sent through it.
 #[derive(Debug)]
 struct Counting {
@@ -455,9 +458,23 @@ impl AzureApi for SdkArm {
                 out.push(VmResource::from_json(&v));
             }
         }
-        // The listing has no power states: one instance view per VM.
-        for vm in &mut out {
-            if let Ok(Some(v)) = self.get_vm(&vm.resource_group, &vm.name, true).await {
+        // The listing has no power states: one instance view per VM, at
+        // most 8 at a time (a region with many VMs lists in seconds, not in
+        // one round trip per VM one after the other).
+        let keys: Vec<(String, String)> = out
+            .iter()
+            .map(|vm| (vm.resource_group.clone(), vm.name.clone()))
+            .collect();
+        let mut views = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(INSTANCE_VIEWS_IN_FLIGHT) {
+            let reads: Vec<_> = chunk
+                .iter()
+                .map(|(rg, name)| Box::pin(self.get_vm(rg, name, true)))
+                .collect();
+            views.extend(futures::future::join_all(reads).await);
+        }
+        for (vm, view) in out.iter_mut().zip(views) {
+            if let Ok(Some(v)) = view {
                 vm.power_state = v.power_state;
                 vm.failure = v.failure;
             }
