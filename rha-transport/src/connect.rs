@@ -163,6 +163,10 @@ pub async fn dial(
             addr: addr.into(),
             reason,
         })?;
+    check_welcome(&welcome, local).map_err(|reason| ConnectError::Refused {
+        addr: addr.into(),
+        reason,
+    })?;
     let peer = PeerInfo {
         name: welcome.name,
         cert_names,
@@ -172,6 +176,25 @@ pub async fn dial(
         software: welcome.software,
     };
     Ok(Link::start(stream, peer, DEFAULT_MAX_FRAME, limiter))
+}
+
+/// Checks the acceptor's choices against what this side offered: a protocol
+/// version inside this engine's range and a compression it offered (or none).
+fn check_welcome(welcome: &Welcome, local: &LocalInfo) -> Result<(), String> {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&welcome.version) {
+        return Err(format!(
+            "{} chose protocol {}, outside this engine's {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}: upgrade the older side",
+            welcome.name, welcome.version
+        ));
+    }
+    if welcome.compression != Compression::None && !local.compression.contains(&welcome.compression)
+    {
+        return Err(format!(
+            "{} chose compression {:?}, which this engine did not offer ({:?})",
+            welcome.name, welcome.compression, local.compression
+        ));
+    }
+    Ok(())
 }
 
 async fn client_handshake(stream: &mut BoxStream, hello: Hello) -> Result<Welcome, String> {

@@ -271,3 +271,69 @@ async fn corrupt_oversized_and_malformed_frames_close_the_link() {
         .unwrap();
     expect_closed(&link, &mut inbox, "unknown message type").await;
 }
+
+/// A fake acceptor that answers any Hello with `welcome`.
+async fn answering(welcome: rha_transport::wire::Welcome) -> String {
+    use rha_transport::wire::{self as w, Codec};
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut codec = Codec::new(w::DEFAULT_MAX_FRAME);
+        let mut buf = bytes::BytesMut::new();
+        let hello = w::read_message(&mut tcp, &mut buf, &mut codec).await;
+        assert!(matches!(hello, Ok(Some((Message::Hello(_), _)))));
+        w::write_message(&mut tcp, &mut codec, &Message::Welcome(welcome))
+            .await
+            .unwrap();
+        tcp.flush().await.unwrap();
+        // Keep the connection open until the caller hangs up.
+        let _ = w::read_message(&mut tcp, &mut buf, &mut codec).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_welcome_outside_what_the_caller_offered_is_refused() {
+    use rha_transport::connect::ConnectError;
+    use rha_transport::wire::{self as w, Welcome};
+    let cases = [
+        (
+            Welcome {
+                version: w::PROTOCOL_VERSION + 1,
+                name: "future".into(),
+                compression: Compression::None,
+                software: "rha 99".into(),
+            },
+            "outside this engine's",
+        ),
+        (
+            Welcome {
+                version: w::PROTOCOL_VERSION,
+                name: "zstd-only".into(),
+                compression: Compression::Zstd,
+                software: "test".into(),
+            },
+            "did not offer",
+        ),
+    ];
+    for (welcome, expect) in cases {
+        let addr = answering(welcome).await;
+        let r = dial(
+            &addr,
+            &Security::InsecurePlaintext,
+            &info("master", &[Compression::Lz4]),
+            Intent::Engine,
+            Arc::new(Limiter::new(Schedule::unlimited())),
+        )
+        .await;
+        match r {
+            Err(ConnectError::Refused { reason, .. }) => {
+                assert!(reason.contains(expect), "{reason}")
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a Welcome with {expect} was accepted"),
+        }
+    }
+}
