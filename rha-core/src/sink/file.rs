@@ -1,22 +1,41 @@
 //! A replica kept in files: one raw image or fixed VHD per volume, plus a
-//! redo log and a state file that make every batch all-or-nothing.
+//! write-ahead redo log and a state file that make every batch all-or-nothing.
 //!
 //! ```text
-//! <dir>/replica.toml    format, volume sizes, applied sequence, consistent, synced
-//! <dir>/redo.log        the batch being applied (CRC-checked)
+//! <dir>/replica.toml    format, volume sizes, and applied sequence, consistent, synced
+//!                       as of the last checkpoint
+//! <dir>/redo.log        every batch applied since the last checkpoint (CRC-checked)
 //! <dir>/disk-0.vhd      volume 0 (or disk-0.img when raw)
 //! <dir>/disk-1.vhd      ...
 //! ```
 //!
-//! Applying a batch: write it to `redo.log` and sync it, write it to the
-//! disks and sync them, then record the new applied sequence. After a crash,
-//! opening the replica re-applies a complete redo log that is newer than the
-//! state, so the disks are always at a batch boundary.
+//! Applying a batch appends it to `redo.log` as one entry that records its
+//! last sequence, and fdatasyncs the log: from then on the batch is durable,
+//! and [`ReplicaSink::apply`] returns after writing it to the disks without
+//! syncing them (write-back is started at once, so that the next checkpoint
+//! finds little to wait for). A **checkpoint** syncs the disks, saves the
+//! state file (atomically) and empties the redo log; it runs when the log
+//! holds [`CheckpointPolicy::bytes`] or [`CheckpointPolicy::interval`] has
+//! passed, and at `begin_sync`, `end_sync`, `mark_consistent`,
+//! [`FileSink::close`] and drop. Opening the replica replays every complete
+//! entry after the state's sequence and drops a torn last entry, so the disks
+//! are always recoverable to a batch boundary without the master.
+//!
+//! ```text
+//!  redo entry (all integers little-endian)
+//!    0   8  REDO_MAGIC
+//!    8   8  payload length in bytes
+//!    16  8  last sequence of the batch
+//!    24  4  CRC-32 of bytes 8..24 and the payload
+//!    28  ..  payload: the batch's records, journal record encoding
+//! ```
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,9 +65,37 @@ impl DiskFormat {
 
 const STATE_FILE: &str = "replica.toml";
 const REDO_FILE: &str = "redo.log";
-const REDO_MAGIC: &[u8; 8] = b"RHAREDO1";
-/// magic, payload length (u64), CRC32 of the payload (u32).
-const REDO_HEADER: usize = 8 + 8 + 4;
+/// Magic bytes of a redo-log entry.
+const REDO_MAGIC: &[u8; 8] = b"RHAREDO2";
+/// Bytes of a redo-log entry before its payload: magic, payload length
+/// (u64), last sequence (u64), CRC32 (u32).
+const REDO_HEADER: usize = 8 + 8 + 8 + 4;
+/// Magic of the single-batch redo log written by earlier versions (magic,
+/// payload length u64, CRC32 u32, payload); read when reopening such a replica.
+const REDO_MAGIC_V1: &[u8; 8] = b"RHAREDO1";
+const REDO_HEADER_V1: usize = 8 + 8 + 4;
+
+/// When a [`FileSink`] checkpoints: syncs its disks, saves its state file
+/// and empties its redo log. Between checkpoints every batch costs one
+/// fdatasync (of the redo log); a checkpoint costs a sync of each disk and
+/// an atomic state-file replacement. Longer intervals make a longer redo
+/// log to replay after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// Checkpoint once the redo log holds at least this many bytes (default 64 MiB).
+    pub bytes: u64,
+    /// Checkpoint once this long has passed since the last one (default 1 s).
+    pub interval: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            bytes: 64 << 20,
+            interval: Duration::from_secs(1),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StateFile {
@@ -59,12 +106,29 @@ struct StateFile {
     state: ReplicaState,
 }
 
-/// A replica whose disks are files in one directory.
+/// A replica whose disks are files in one directory. See the [module docs](self).
 #[derive(Debug)]
 pub struct FileSink {
     dir: PathBuf,
     volumes: Vec<Arc<dyn Volume>>,
-    file: Mutex<StateFile>,
+    /// The disk files opened once more, to start their write-back early.
+    disks: Vec<File>,
+    policy: CheckpointPolicy,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The state as of the last applied batch (on disk: as of the last checkpoint).
+    file: StateFile,
+    /// The redo log, opened for appending.
+    redo: File,
+    /// Bytes in the redo log.
+    redo_bytes: u64,
+    last_checkpoint: Instant,
+    /// An earlier failure after which the disks' or the log's state is unknown.
+    failed: Option<String>,
+    buf: Vec<u8>,
 }
 
 impl FileSink {
@@ -106,15 +170,17 @@ impl FileSink {
             volume_sizes: sizes.to_vec(),
             state: ReplicaState::default(),
         };
+        // An old redo log in the directory belongs to no replica: drop it.
+        let redo_path = dir.join(REDO_FILE);
+        let redo = open_redo(&redo_path)?;
+        redo.set_len(0).map_err(io("empty", &redo_path))?;
         write_state(&dir, &file)?;
-        Ok(FileSink {
-            dir,
-            volumes,
-            file: Mutex::new(file),
-        })
+        Self::assemble(dir, volumes, file, redo)
     }
 
-    /// Opens an existing replica, finishing a batch that a crash interrupted.
+    /// Opens an existing replica and replays the batches its redo log holds
+    /// after the last checkpoint (a torn last entry is dropped), so the
+    /// disks stand at the last batch that `apply` made durable.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, SinkError> {
         let dir = dir.as_ref().to_path_buf();
         let state_path = dir.join(STATE_FILE);
@@ -156,13 +222,52 @@ impl FileSink {
             }
             volumes.push(v);
         }
-        let sink = FileSink {
-            dir,
-            volumes,
-            file: Mutex::new(file),
-        };
+        let redo = open_redo(&dir.join(REDO_FILE))?;
+        let sink = Self::assemble(dir, volumes, file, redo)?;
         sink.recover()?;
         Ok(sink)
+    }
+
+    fn assemble(
+        dir: PathBuf,
+        volumes: Vec<Arc<dyn Volume>>,
+        file: StateFile,
+        redo: File,
+    ) -> Result<Self, SinkError> {
+        let mut disks = Vec::with_capacity(volumes.len());
+        for i in 0..volumes.len() {
+            let path = disk_path(&dir, i, file.format);
+            disks.push(
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io("open for write-back", &path))?,
+            );
+        }
+        let redo_bytes = redo
+            .metadata()
+            .map_err(io("inspect", &dir.join(REDO_FILE)))?
+            .len();
+        Ok(FileSink {
+            dir,
+            volumes,
+            disks,
+            policy: CheckpointPolicy::default(),
+            inner: Mutex::new(Inner {
+                file,
+                redo,
+                redo_bytes,
+                last_checkpoint: Instant::now(),
+                failed: None,
+                buf: Vec::new(),
+            }),
+        })
+    }
+
+    /// Uses `policy` for when to checkpoint (instead of the default).
+    pub fn with_checkpoint_policy(mut self, policy: CheckpointPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The directory that holds the replica.
@@ -172,39 +277,110 @@ impl FileSink {
 
     /// The file of each replica disk, in volume order.
     pub fn disk_paths(&self) -> Vec<PathBuf> {
-        let format = self.lock().format;
+        let format = self.lock().file.format;
         (0..self.volumes.len())
             .map(|i| disk_path(&self.dir, i, format))
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, StateFile> {
-        self.file.lock().unwrap_or_else(|e| e.into_inner())
+    /// Makes every applied batch durable on the disks, saves the state file
+    /// and empties the redo log now.
+    pub fn checkpoint(&self) -> Result<(), SinkError> {
+        let mut inner = self.lock();
+        self.check_failed(&inner)?;
+        self.checkpoint_locked(&mut inner)
+    }
+
+    /// Checkpoints and closes the replica. Dropping it does the same, but
+    /// can only log a failure.
+    pub fn close(self) -> Result<(), SinkError> {
+        let r = self.checkpoint();
+        // Nothing is left for drop to do.
+        self.lock().redo_bytes = 0;
+        r
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn redo_path(&self) -> PathBuf {
+        self.dir.join(REDO_FILE)
+    }
+
+    fn check_failed(&self, inner: &Inner) -> Result<(), SinkError> {
+        match &inner.failed {
+            Some(reason) => Err(SinkError::BadState {
+                path: self.dir.clone(),
+                reason: format!(
+                    "an earlier failure left the replica in an unknown state ({reason}); reopen it to replay its redo log"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Syncs the disks, saves the state and empties the redo log. A failure
+    /// leaves the redo log as it is (reopening replays it) and the sink
+    /// refusing further batches.
+    fn checkpoint_locked(&self, inner: &mut Inner) -> Result<(), SinkError> {
+        let res = self
+            .flush_volumes()
+            .and_then(|()| write_state(&self.dir, &inner.file));
+        if let Err(e) = res {
+            inner.failed = Some(e.to_string());
+            return Err(e);
+        }
+        // Not synced: a crash that undoes the truncation leaves entries at
+        // or below the saved sequence, which reopening skips. The log is
+        // opened for appending, so the next entry goes to its start.
+        if let Err(e) = inner.redo.set_len(0) {
+            let path = self.redo_path();
+            inner.failed = Some(format!("emptying {}: {e}", path.display()));
+            return Err(io("empty", &path)(e));
+        }
+        inner.redo_bytes = 0;
+        inner.last_checkpoint = Instant::now();
+        Ok(())
     }
 
     fn recover(&self) -> Result<(), SinkError> {
-        let path = self.dir.join(REDO_FILE);
-        let Some(records) = read_redo(&path)? else {
+        let path = self.redo_path();
+        let entries = read_redo(&path)?;
+        let mut inner = self.lock();
+        if inner.redo_bytes == 0 {
             return Ok(());
-        };
-        let mut file = self.lock();
-        let applied = file.state.applied;
-        match unapplied(applied, &records) {
-            Ok(todo) if !todo.is_empty() => {
-                tracing::warn!(
-                    "replica {}: finishing batch {}..={} that was interrupted",
-                    self.dir.display(),
-                    todo[0].seq,
-                    todo[todo.len() - 1].seq
-                );
-                write_records(&self.volumes, todo)?;
-                self.flush_volumes()?;
-                file.state.applied = todo[todo.len() - 1].seq;
-                write_state(&self.dir, &file)?;
-            }
-            _ => {}
         }
-        Ok(())
+        let mut applied = inner.file.state.applied;
+        let (mut first, mut replayed) = (None, 0usize);
+        for records in &entries {
+            match unapplied(applied, records) {
+                Ok(todo) => {
+                    let Some(last) = todo.last() else { continue };
+                    write_records(&self.volumes, todo)?;
+                    first.get_or_insert(todo[0].seq);
+                    replayed += todo.len();
+                    applied = last.seq;
+                }
+                Err(e) => {
+                    // Cannot happen with entries this sink wrote; stop at
+                    // the last batch boundary reached.
+                    tracing::warn!(
+                        "replica {}: redo log entry ignored with every later one: {e}",
+                        self.dir.display()
+                    );
+                    break;
+                }
+            }
+        }
+        if let Some(first) = first {
+            tracing::warn!(
+                "replica {}: replayed {replayed} record(s), sequences {first}..={applied}, from the redo log after an unclean stop",
+                self.dir.display()
+            );
+        }
+        inner.file.state.applied = applied;
+        self.checkpoint_locked(&mut inner)
     }
 
     fn flush_volumes(&self) -> Result<(), SinkError> {
@@ -212,6 +388,39 @@ impl FileSink {
             v.flush()?;
         }
         Ok(())
+    }
+
+    /// Starts writing the disks' dirty pages back without waiting, so that
+    /// the next checkpoint's sync has little left to do. Only a hint.
+    fn start_writeback(&self) {
+        for f in &self.disks {
+            // SAFETY: sync_file_range on a file descriptor this sink owns; no memory is passed.
+            let rc =
+                unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+            if rc != 0 {
+                tracing::debug!(
+                    "replica {}: sync_file_range: {}",
+                    self.dir.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for FileSink {
+    /// Checkpoints, so that a replica closed in order has nothing to replay.
+    fn drop(&mut self) {
+        let mut inner = self.lock();
+        if inner.failed.is_some() || inner.redo_bytes == 0 {
+            return;
+        }
+        if let Err(e) = self.checkpoint_locked(&mut inner) {
+            tracing::warn!(
+                "replica {}: checkpoint on close failed ({e}); reopening replays the redo log",
+                self.dir.display()
+            );
+        }
     }
 }
 
@@ -225,45 +434,82 @@ impl ReplicaSink for FileSink {
     }
 
     fn state(&self) -> ReplicaState {
-        self.lock().state
+        self.lock().file.state
     }
 
     fn apply(&self, records: &[Record]) -> Result<Seq, SinkError> {
-        let mut file = self.lock();
-        let todo = unapplied(file.state.applied, records)?;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        self.check_failed(inner)?;
+        let todo = unapplied(inner.file.state.applied, records)?;
         let Some(last) = todo.last() else {
-            return Ok(file.state.applied);
+            return Ok(inner.file.state.applied);
         };
         for r in todo {
             super::volume_at(&self.volumes, r.volume)?;
         }
-        write_redo(&self.dir.join(REDO_FILE), todo)?;
-        write_records(&self.volumes, todo)?;
-        self.flush_volumes()?;
-        file.state.applied = last.seq;
-        write_state(&self.dir, &file)?;
+        encode_entry(todo, &mut inner.buf);
+        let path = self.redo_path();
+        let res = inner
+            .redo
+            .write_all(&inner.buf)
+            .map_err(io("append to", &path))
+            .and_then(|()| inner.redo.sync_data().map_err(io("fdatasync", &path)));
+        if let Err(e) = res {
+            // Cut off whatever part of the entry reached the log; after a
+            // failed fdatasync the file's state is unknown.
+            match inner.redo.set_len(inner.redo_bytes) {
+                Ok(())
+                    if !matches!(
+                        &e,
+                        SinkError::Io {
+                            op: "fdatasync",
+                            ..
+                        }
+                    ) => {}
+                _ => inner.failed = Some(e.to_string()),
+            }
+            return Err(e);
+        }
+        inner.redo_bytes += inner.buf.len() as u64;
+        // Durable from here: a failure below is repaired by reopening.
+        if let Err(e) = write_records(&self.volumes, todo) {
+            inner.failed = Some(e.to_string());
+            return Err(e);
+        }
+        self.start_writeback();
+        inner.file.state.applied = last.seq;
+        if inner.redo_bytes >= self.policy.bytes
+            || inner.last_checkpoint.elapsed() >= self.policy.interval
+        {
+            self.checkpoint_locked(inner)?;
+        }
         Ok(last.seq)
     }
 
     fn begin_sync(&self) -> Result<(), SinkError> {
-        let mut file = self.lock();
-        file.state.consistent = false;
-        write_state(&self.dir, &file)
+        let mut inner = self.lock();
+        self.check_failed(&inner)?;
+        inner.file.state.consistent = false;
+        // No batch may stay in the redo log: replaying it after a crash
+        // would undo synchronisation writes made after it.
+        self.checkpoint_locked(&mut inner)
     }
 
     fn end_sync(&self, base: Seq) -> Result<(), SinkError> {
-        self.flush_volumes()?;
-        let mut file = self.lock();
-        file.state.applied = base;
-        file.state.synced = true;
-        write_state(&self.dir, &file)
+        let mut inner = self.lock();
+        self.check_failed(&inner)?;
+        inner.file.state.applied = base;
+        inner.file.state.synced = true;
+        self.checkpoint_locked(&mut inner)
     }
 
     fn mark_consistent(&self, seq: Seq) -> Result<(), SinkError> {
-        let mut file = self.lock();
-        super::check_consistent(&file.state, seq)?;
-        file.state.consistent = true;
-        write_state(&self.dir, &file)
+        let mut inner = self.lock();
+        self.check_failed(&inner)?;
+        super::check_consistent(&inner.file.state, seq)?;
+        inner.file.state.consistent = true;
+        self.checkpoint_locked(&mut inner)
     }
 }
 
@@ -303,51 +549,46 @@ fn write_state(dir: &Path, file: &StateFile) -> Result<(), SinkError> {
     atomic_write(&path, text.as_bytes())
 }
 
-fn write_redo(path: &Path, records: &[Record]) -> Result<(), SinkError> {
-    let mut payload = Vec::new();
-    for r in records {
-        encode_record(r, &mut payload);
-    }
-    let mut out = Vec::with_capacity(REDO_HEADER + payload.len());
-    out.extend_from_slice(REDO_MAGIC);
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    let mut f = OpenOptions::new()
+fn open_redo(path: &Path) -> Result<File, SinkError> {
+    OpenOptions::new()
         .create(true)
-        .write(true)
-        .truncate(true)
+        .append(true)
         .open(path)
-        .map_err(io("open", path))?;
-    f.write_all(&out).map_err(io("write", path))?;
-    f.sync_data().map_err(io("sync", path))
+        .map_err(io("open", path))
 }
 
-/// The records of a complete redo log, or `None` when there is none or it is torn.
-fn read_redo(path: &Path) -> Result<Option<Vec<Record>>, SinkError> {
-    let mut bytes = Vec::new();
-    match File::open(path) {
-        Ok(mut f) => f.read_to_end(&mut bytes).map_err(io("read", path))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io("open", path)(e)),
-    };
-    if bytes.len() < REDO_HEADER || &bytes[..8] != REDO_MAGIC {
-        return Ok(None);
+/// Encodes `records` (a batch, in order, not empty) as one redo-log entry into `out`.
+fn encode_entry(records: &[Record], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(REDO_HEADER, 0);
+    for r in records {
+        encode_record(r, out);
     }
-    let mut len8 = [0u8; 8];
-    len8.copy_from_slice(&bytes[8..16]);
-    let mut crc4 = [0u8; 4];
-    crc4.copy_from_slice(&bytes[16..20]);
-    let payload = &bytes[REDO_HEADER..];
-    if u64::from_le_bytes(len8) != payload.len() as u64
-        || crc32fast::hash(payload) != u32::from_le_bytes(crc4)
-    {
-        tracing::warn!(
-            "replica redo log {} is incomplete; the batch it held was never applied",
-            path.display()
-        );
-        return Ok(None);
-    }
+    let len = (out.len() - REDO_HEADER) as u64;
+    let last = records.last().map_or(0, |r| r.seq);
+    out[0..8].copy_from_slice(REDO_MAGIC);
+    out[8..16].copy_from_slice(&len.to_le_bytes());
+    out[16..24].copy_from_slice(&last.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[8..24]);
+    crc.update(&out[REDO_HEADER..]);
+    out[24..28].copy_from_slice(&crc.finalize().to_le_bytes());
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+/// Decodes a payload that passed its checksum into records.
+fn decode_payload(path: &Path, payload: &[u8]) -> Result<Vec<Record>, SinkError> {
     let mut records = Vec::new();
     let mut at = 0;
     while at < payload.len() {
@@ -359,10 +600,288 @@ fn read_redo(path: &Path) -> Result<Option<Vec<Record>>, SinkError> {
             _ => {
                 return Err(SinkError::BadState {
                     path: path.to_path_buf(),
-                    reason: "the redo log passed its checksum but holds an undecodable record; report this as a bug".into(),
+                    reason: format!("the redo log entry passed its checksum but holds an undecodable record at payload byte {at}; report this as a bug"),
                 })
             }
         }
     }
-    Ok(Some(records))
+    Ok(records)
+}
+
+/// The batches of the complete entries of the redo log at `path`, in order;
+/// a torn or damaged entry ends the log (with a warning).
+fn read_redo(path: &Path) -> Result<Vec<Vec<Record>>, SinkError> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => f.read_to_end(&mut bytes).map_err(io("read", path))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("open", path)(e)),
+    };
+    if bytes.starts_with(REDO_MAGIC_V1) {
+        return read_redo_v1(path, &bytes);
+    }
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let end = (rest.len() >= REDO_HEADER && &rest[..8] == REDO_MAGIC)
+            .then(|| usize::try_from(u64_at(rest, 8)).ok())
+            .flatten()
+            .and_then(|len| REDO_HEADER.checked_add(len))
+            .filter(|&end| end <= rest.len());
+        let Some(end) = end else {
+            tracing::warn!(
+                "replica redo log {}: the entry at byte {at} is incomplete ({} bytes); the batch it held was never acknowledged",
+                path.display(),
+                rest.len()
+            );
+            break;
+        };
+        let payload = &rest[REDO_HEADER..end];
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&rest[8..24]);
+        crc.update(payload);
+        if crc.finalize() != u32_at(rest, 24) {
+            tracing::warn!(
+                "replica redo log {}: the entry at byte {at} fails its checksum; the batch it held was never acknowledged",
+                path.display()
+            );
+            break;
+        }
+        let records = decode_payload(path, payload)?;
+        let last = u64_at(rest, 16);
+        if records.last().map(|r| r.seq) != Some(last) {
+            return Err(SinkError::BadState {
+                path: path.to_path_buf(),
+                reason: format!("the redo log entry at byte {at} says its batch ends at sequence {last}, but its records do not; report this as a bug"),
+            });
+        }
+        out.push(records);
+        at += end;
+    }
+    Ok(out)
+}
+
+/// The single-batch redo log of earlier versions.
+fn read_redo_v1(path: &Path, bytes: &[u8]) -> Result<Vec<Vec<Record>>, SinkError> {
+    let payload = &bytes[REDO_HEADER_V1.min(bytes.len())..];
+    if bytes.len() < REDO_HEADER_V1
+        || u64_at(bytes, 8) != payload.len() as u64
+        || crc32fast::hash(payload) != u32_at(bytes, 16)
+    {
+        tracing::warn!(
+            "replica redo log {} is incomplete; the batch it held was never applied",
+            path.display()
+        );
+        return Ok(Vec::new());
+    }
+    Ok(vec![decode_payload(path, payload)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Payload;
+
+    const REGION: u64 = 64 << 10;
+
+    /// Batch `n` (from 1) writes region `n % 4` and region 4 with a pattern of
+    /// `n`, two records, sequences `2n - 1` and `2n`.
+    fn batch(n: u64) -> Vec<Record> {
+        [n % 4, 4]
+            .iter()
+            .enumerate()
+            .map(|(i, &region)| Record {
+                seq: 2 * n - 1 + i as u64,
+                volume: 0,
+                offset: region * REGION,
+                payload: Payload::Data(vec![n as u8; REGION as usize]),
+            })
+            .collect()
+    }
+
+    /// What every region must hold once batches `1..=n` are applied.
+    fn expected(n: u64) -> Vec<u8> {
+        let mut want = vec![0u8; 5];
+        for b in 1..=n {
+            want[(b % 4) as usize] = b as u8;
+            want[4] = b as u8;
+        }
+        want
+    }
+
+    fn regions(sink: &FileSink) -> Vec<u8> {
+        let v = sink.volume(0).unwrap();
+        (0..5)
+            .map(|r| {
+                let mut buf = vec![0u8; REGION as usize];
+                v.read_at(r * REGION, &mut buf).unwrap();
+                assert!(
+                    buf.iter().all(|&b| b == buf[0]),
+                    "region {r} holds a mix of batches"
+                );
+                buf[0]
+            })
+            .collect()
+    }
+
+    fn never() -> CheckpointPolicy {
+        CheckpointPolicy {
+            bytes: u64::MAX,
+            interval: Duration::from_secs(3600),
+        }
+    }
+
+    /// A crash between checkpoints: the process stops without closing
+    /// (`mem::forget`: no checkpoint on drop) and the disk writes made since
+    /// the last checkpoint are lost, as the page cache would be.
+    #[test]
+    fn a_crash_between_checkpoints_replays_the_redo_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r");
+        let sink = FileSink::create(&path, &[5 * REGION], DiskFormat::Raw)
+            .unwrap()
+            .with_checkpoint_policy(never());
+        for n in 1..=3 {
+            sink.apply(&batch(n)).unwrap();
+        }
+        sink.checkpoint().unwrap();
+        for n in 4..=6 {
+            assert_eq!(sink.apply(&batch(n)).unwrap(), 2 * n);
+        }
+        assert_eq!(regions(&sink), expected(6));
+        let disk = sink.disk_paths()[0].clone();
+        std::mem::forget(sink);
+        // Lose what reached the disk after the checkpoint.
+        let f = OpenOptions::new().write(true).open(&disk).unwrap();
+        for r in 0..5u64 {
+            f.write_all_at(&vec![expected(3)[r as usize]; REGION as usize], r * REGION)
+                .unwrap();
+        }
+        drop(f);
+        let text = fs::read_to_string(path.join(STATE_FILE)).unwrap();
+        assert!(
+            text.contains("applied = 6\n"),
+            "saved at the checkpoint: {text}"
+        );
+        let sink = FileSink::open(&path).unwrap();
+        assert_eq!(sink.state().applied, 12);
+        assert_eq!(regions(&sink), expected(6));
+        assert_eq!(fs::metadata(path.join(REDO_FILE)).unwrap().len(), 0);
+        // Replaying is idempotent: crash again right after the replay.
+        std::mem::forget(sink);
+        let sink = FileSink::open(&path).unwrap();
+        assert_eq!((sink.state().applied, regions(&sink)), (12, expected(6)));
+        assert_eq!(sink.apply(&batch(7)).unwrap(), 14);
+    }
+
+    use std::os::unix::fs::FileExt;
+
+    /// A crash while a batch's entry was being written: every cut of the
+    /// last entry reopens at the batch before it.
+    #[test]
+    fn a_torn_last_entry_reopens_at_the_batch_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r");
+        let sink = FileSink::create(&path, &[5 * REGION], DiskFormat::FixedVhd)
+            .unwrap()
+            .with_checkpoint_policy(never());
+        sink.apply(&batch(1)).unwrap();
+        sink.checkpoint().unwrap();
+        sink.apply(&batch(2)).unwrap();
+        sink.apply(&batch(3)).unwrap();
+        std::mem::forget(sink);
+        let redo = path.join(REDO_FILE);
+        let good = fs::read(&redo).unwrap();
+        let mut torn = Vec::new();
+        encode_entry(&batch(4), &mut torn);
+        let backup = dir.path().join("backup");
+        copy_dir(&path, &backup);
+        for cut in [
+            0,
+            1,
+            8,
+            REDO_HEADER - 1,
+            REDO_HEADER,
+            REDO_HEADER + 100,
+            torn.len() - 1,
+        ] {
+            let mut bytes = good.clone();
+            bytes.extend_from_slice(&torn[..cut]);
+            fs::write(&redo, &bytes).unwrap();
+            let sink = FileSink::open(&path).unwrap();
+            assert_eq!(sink.state().applied, 6, "cut at {cut}");
+            assert_eq!(regions(&sink), expected(3), "cut at {cut}");
+            assert_eq!(sink.apply(&batch(4)).unwrap(), 8);
+            drop(sink);
+            fs::remove_dir_all(&path).unwrap();
+            copy_dir(&backup, &path);
+        }
+        // A whole last entry with a damaged byte: the same.
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(&torn);
+        let len = bytes.len();
+        bytes[len - 10] ^= 0x20;
+        fs::write(&redo, &bytes).unwrap();
+        let sink = FileSink::open(&path).unwrap();
+        assert_eq!(sink.state().applied, 6);
+        assert_eq!(regions(&sink), expected(3));
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+
+    #[test]
+    fn checkpoints_follow_the_policy_and_drop_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r");
+        let sink = FileSink::create(&path, &[5 * REGION], DiskFormat::Raw)
+            .unwrap()
+            .with_checkpoint_policy(CheckpointPolicy {
+                bytes: 3 * REGION,
+                interval: Duration::from_secs(3600),
+            });
+        let redo = || fs::metadata(path.join(REDO_FILE)).unwrap().len();
+        sink.apply(&batch(1)).unwrap();
+        assert!(redo() > 2 * REGION, "one entry of two records");
+        sink.apply(&batch(2)).unwrap(); // past 3 regions: checkpoint
+        assert_eq!(redo(), 0);
+        let saved = || {
+            let text = fs::read_to_string(path.join(STATE_FILE)).unwrap();
+            toml::from_str::<StateFile>(&text).unwrap().state.applied
+        };
+        assert_eq!(saved(), 4);
+        sink.apply(&batch(3)).unwrap();
+        assert_eq!(saved(), 4);
+        drop(sink);
+        assert_eq!((saved(), redo()), (6, 0), "drop checkpoints");
+        let sink = FileSink::open(&path).unwrap();
+        sink.apply(&batch(4)).unwrap();
+        sink.close().unwrap();
+        assert_eq!((saved(), redo()), (8, 0), "close checkpoints");
+    }
+
+    #[test]
+    fn a_redo_log_of_the_previous_format_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r");
+        drop(FileSink::create(&path, &[5 * REGION], DiskFormat::Raw).unwrap());
+        let mut payload = Vec::new();
+        for r in batch(1) {
+            encode_record(&r, &mut payload);
+        }
+        let mut v1 = REDO_MAGIC_V1.to_vec();
+        v1.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        v1.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        v1.extend_from_slice(&payload);
+        fs::write(path.join(REDO_FILE), &v1).unwrap();
+        let sink = FileSink::open(&path).unwrap();
+        assert_eq!(sink.state().applied, 2);
+        assert_eq!(regions(&sink), expected(1));
+    }
 }

@@ -4,7 +4,7 @@
 //!            ReplicaSink (trait)
 //!       ┌────────────┼───────────────────┐
 //!   MemSink      FileSink            (rha-azure: page blobs)
-//!   (tests)      (raw or fixed-VHD files + redo log + state file)
+//!   (tests)      (raw or fixed-VHD files + write-ahead redo log + state file)
 //! ```
 
 mod file;
@@ -13,7 +13,7 @@ mod memory;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use file::{DiskFormat, FileSink};
+pub use file::{CheckpointPolicy, DiskFormat, FileSink};
 pub use memory::MemSink;
 
 use crate::journal::Record;
