@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{unapplied, write_records, ReplicaSink, ReplicaState, SinkError};
+use crate::journal::record::{u32_at, u64_at};
 use crate::journal::{decode_record, encode_record, Record};
 use crate::volume::{FileVolume, VhdVolume, Volume};
 use crate::{Seq, VolumeId};
@@ -573,18 +574,6 @@ fn encode_entry(records: &[Record], out: &mut Vec<u8>) {
     crc.update(&out[8..24]);
     crc.update(&out[REDO_HEADER..]);
     out[24..28].copy_from_slice(&crc.finalize().to_le_bytes());
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
 }
 
 /// Decodes a payload that passed its checksum into records.
