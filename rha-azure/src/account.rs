@@ -94,6 +94,11 @@ pub struct AzureAccount {
     pub authority_host: Option<String>,
     /// Azure Resource Manager's endpoint; the public cloud's when `None`.
     pub arm_endpoint: Option<String>,
+    /// The blob service of the scenarios' storage accounts; the public
+    /// cloud's (`https://ACCOUNT.blob.core.windows.net`) when `None`. An
+    /// Azurite address (`http://127.0.0.1:10000/devstoreaccount1`) selects
+    /// Azurite's well-known development account instead of tokens.
+    pub blob_endpoint: Option<String>,
 }
 
 impl AzureAccount {
@@ -114,6 +119,7 @@ impl AzureAccount {
         for (field, url) in [
             ("authority-host", &self.authority_host),
             ("arm-endpoint", &self.arm_endpoint),
+            ("blob-endpoint", &self.blob_endpoint),
         ] {
             if let Some(u) = url {
                 parse_url(field, u)?;
@@ -152,6 +158,7 @@ impl AzureAccount {
             client_id: self.client_id.clone(),
             authority_host: self.authority_host().to_owned(),
             arm_endpoint: self.arm_endpoint().to_owned(),
+            blob_endpoint: self.blob_endpoint.clone(),
         }
     }
 
@@ -177,6 +184,9 @@ pub struct AccountInfo {
     pub authority_host: String,
     /// Azure Resource Manager's endpoint.
     pub arm_endpoint: String,
+    /// The blob service override, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_endpoint: Option<String>,
 }
 
 /// The accounts file's contents (the only place the secret is serialised).
@@ -200,6 +210,8 @@ struct StoredAccount {
     authority_host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     arm_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blob_endpoint: Option<String>,
 }
 
 impl From<StoredAccount> for AzureAccount {
@@ -212,6 +224,7 @@ impl From<StoredAccount> for AzureAccount {
             secret: ClientSecret(s.client_secret),
             authority_host: s.authority_host,
             arm_endpoint: s.arm_endpoint,
+            blob_endpoint: s.blob_endpoint,
         }
     }
 }
@@ -226,6 +239,7 @@ impl From<&AzureAccount> for StoredAccount {
             client_secret: a.secret.0.clone(),
             authority_host: a.authority_host.clone(),
             arm_endpoint: a.arm_endpoint.clone(),
+            blob_endpoint: a.blob_endpoint.clone(),
         }
     }
 }
@@ -939,6 +953,7 @@ mod tests {
             secret: ClientSecret::new("s3cr3t-value\n"),
             authority_host: None,
             arm_endpoint: None,
+            blob_endpoint: None,
         }
     }
 

@@ -45,6 +45,18 @@ pub enum Endpoint {
         /// The SAS token (the query string, with or without the leading `?`).
         token: String,
     },
+    /// A storage account reached with Azure AD tokens (a service
+    /// principal's; it needs the role Storage Blob Data Contributor on the
+    /// account).
+    Token {
+        /// The storage account name.
+        account: String,
+        /// The blob service's base URL; the public cloud's
+        /// (`https://ACCOUNT.blob.core.windows.net`) when `None`.
+        blob_endpoint: Option<String>,
+        /// Where the tokens come from (scope `https://storage.azure.com/.default`).
+        credential: Arc<dyn azure_core::auth::TokenCredential>,
+    },
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -54,6 +66,11 @@ impl std::fmt::Debug for Endpoint {
             Endpoint::Emulator { host, port } => write!(f, "Emulator({host}:{port})"),
             Endpoint::AccessKey { account, .. } => write!(f, "AccessKey({account}, <key>)"),
             Endpoint::SasToken { account, .. } => write!(f, "SasToken({account}, <token>)"),
+            Endpoint::Token {
+                account,
+                blob_endpoint,
+                ..
+            } => write!(f, "Token({account}, {blob_endpoint:?}, <credential>)"),
         }
     }
 }
@@ -276,6 +293,22 @@ impl BlobStore {
                         "the SAS token cannot be parsed ({e}); copy it again"
                     ))
                 })?,
+            ),
+            Endpoint::Token {
+                account,
+                blob_endpoint,
+                credential,
+            } => (
+                match blob_endpoint {
+                    Some(uri) => CloudLocation::Custom {
+                        account: account.clone(),
+                        uri: uri.trim_end_matches('/').to_owned(),
+                    },
+                    None => CloudLocation::Public {
+                        account: account.clone(),
+                    },
+                },
+                StorageCredentials::token_credential(credential.clone()),
             ),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -56,6 +56,7 @@ fn account(test: &str) -> Option<AzureAccount> {
         secret: ClientSecret::new(v[3].clone()),
         authority_host: None,
         arm_endpoint: None,
+        blob_endpoint: None,
     })
 }
 

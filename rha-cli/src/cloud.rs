@@ -87,6 +87,12 @@ enum AccountCommand {
         /// Resource Manager's endpoint (another cloud, or a test server).
         #[arg(long, value_name = "URL")]
         arm_endpoint: Option<String>,
+        /// The blob service of the scenarios' storage accounts (another
+        /// cloud; an Azurite address such as
+        /// `http://127.0.0.1:10000/devstoreaccount1` uses Azurite's
+        /// development account).
+        #[arg(long, value_name = "URL")]
+        blob_endpoint: Option<String>,
         /// Replace an account of the same name.
         #[arg(long)]
         replace: bool,
@@ -295,6 +301,7 @@ fn account(cmd: AccountCommand, store: &AccountStore) -> Result<ExitCode> {
             secret_env,
             authority_host,
             arm_endpoint,
+            blob_endpoint,
             replace,
             test,
         } => {
@@ -307,6 +314,7 @@ fn account(cmd: AccountCommand, store: &AccountStore) -> Result<ExitCode> {
                 secret,
                 authority_host,
                 arm_endpoint,
+                blob_endpoint,
             };
             account.check().map_err(account_exit)?;
             if test {

@@ -226,6 +226,7 @@ impl FakeAzure {
             secret: ClientSecret::new(self.config.secret.clone()),
             authority_host: Some(self.url()),
             arm_endpoint: Some(self.url()),
+            blob_endpoint: None,
         }
     }
 
@@ -274,6 +275,16 @@ impl FakeAzure {
         let path = format!("/blob/{account}/{container}/{blob}");
         self.st().blobs.insert(path.clone(), virtual_size);
         format!("{}{path}", self.url())
+    }
+
+    /// Makes a page blob served elsewhere (Azurite) importable: disk imports
+    /// whose `sourceUri` has the path of `url` (its snapshots included)
+    /// succeed as if it held `virtual_size` bytes. The fake does not serve it.
+    pub fn add_blob_at(&self, url: &str, virtual_size: u64) {
+        let path = Url::parse(url)
+            .map(|u| u.path().to_owned())
+            .unwrap_or_else(|_| url.to_owned());
+        self.st().blobs.insert(path, virtual_size);
     }
 
     /// Adds an existing VM (an appliance, say) to the subscription.
