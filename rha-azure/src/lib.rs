@@ -32,6 +32,10 @@
 //! - [`AzureProvider`]: the [`CloudProvider`](rha_core::cloud::CloudProvider)
 //!   of Azure: managed disks imported from the replica blobs, NIC, VM, with
 //!   cleanup when a step fails; Resource Manager behind [`arm::AzureApi`].
+//! - [`AzureTargets`]: the engine's replica target for `[replica.azure]`
+//!   scenarios (`rha engine` registers it): a [`PageBlobSink`] in the
+//!   scenario's container, bookmarks as snapshots, [`AzureProvider`] for
+//!   switchover and `vm start` (see [`target`] for the roles it needs).
 //!
 //! The Azure SDK used underneath (`azure_storage_blobs` 0.21, the legacy
 //! line) stays behind these types: nothing of it appears in the API.
@@ -70,6 +74,7 @@ pub mod account;
 pub mod arm;
 pub mod logging;
 pub mod provider;
+pub mod target;
 
 pub use account::{AccountStore, AzureAccount, ClientSecret};
 pub use error::{
@@ -84,3 +89,4 @@ pub use sink::{
     SinkConfig, REDO_BLOB, STATE_BLOB,
 };
 pub use store::{BlobStore, Endpoint, RetryPolicy, StoreConfig, StoreStats, MAX_PUT_PAGES};
+pub use target::{AzureReplicaTarget, AzureTargets};

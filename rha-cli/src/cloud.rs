@@ -4,7 +4,7 @@
 //! rha cloud account add NAME --subscription ID --tenant ID --app-id ID   secret on stdin or --secret-env VAR
 //! rha cloud account list | test NAME | remove NAME
 //! rha cloud appliances --account NAME --region REGION
-//! rha cloud vm create SCENARIO.toml --disk VOLUME=BLOB-URL ... [--keep-on-failure]
+//! rha cloud vm create SCENARIO.toml [--point latest|NAME|SEQ] [--disk VOLUME=BLOB-URL ...] [--keep-on-failure]
 //! rha cloud vm status|stop|start|delete (--scenario FILE | --account NAME --id VM-ID)
 //! ```
 //!
@@ -123,14 +123,20 @@ enum AccountCommand {
 
 #[derive(Debug, Subcommand)]
 enum VmCommand {
-    /// Create (switch over to) the VM of an Azure scenario from its replica
-    /// page blobs (or blob snapshots): managed disks, NIC, VM.
+    /// Create (switch over to) the VM of an Azure scenario from a recovery
+    /// point of its replica page blobs: managed disks, NIC, VM. Without an
+    /// engine: stop the scenario first (or use `rha scenario switchover`).
     Create {
         /// The scenario file.
         scenario: PathBuf,
-        /// A replica disk: `VOLUME=URL`, such as `C:=https://acct.blob.core.windows.net/sql01/disk-0.vhd`;
-        /// one per replicated volume.
-        #[arg(long = "disk", value_name = "VOLUME=URL", required = true)]
+        /// The recovery point: `latest` (the replica as it is; a snapshot is
+        /// taken), a bookmark's name or id, `seq:N`, or a bare sequence.
+        #[arg(long, default_value = "latest", conflicts_with = "disks")]
+        point: String,
+        /// Override: a replica disk as `VOLUME=URL`, such as
+        /// `C:=https://acct.blob.core.windows.net/sql01/disk-0.vhd`; one per
+        /// replicated volume, instead of a recovery point.
+        #[arg(long = "disk", value_name = "VOLUME=URL")]
         disks: Vec<String>,
         /// Text for the report and the VM's tags: which point in time the disks hold.
         #[arg(long, value_name = "TEXT")]
@@ -472,6 +478,50 @@ impl Drop for NoEcho {
     }
 }
 
+/// The disks of recovery point `point` of an Azure scenario's replica,
+/// read from its container (no engine, no lease).
+fn point_disks(
+    s: &Scenario,
+    account: &AzureAccount,
+    point: &str,
+) -> Result<(rha_transport::engine::PointInfo, Vec<DiskRef>)> {
+    use rha_azure::target::{point_info, scenario_prefix, scenario_store};
+    use rha_transport::engine::target::{select_point, unknown_point};
+    use rha_transport::engine::PointChoice;
+    let store = scenario_store(account, s).map_err(|e| exit(EXIT_INVALID, e))?;
+    let prefix = scenario_prefix(s);
+    let choice: PointChoice = point.parse().unwrap_or(PointChoice::Latest);
+    let storage = |e: rha_azure::AzureError| exit(EXIT_FAILED, e.to_string());
+    let p = if choice == PointChoice::Latest {
+        let p =
+            rha_azure::resolve_recovery_point(&store, &prefix, &rha_azure::PointSelector::Latest)
+                .map_err(storage)?;
+        point_info(&p)
+    } else {
+        let points: Vec<_> = rha_azure::list_recovery_points(&store, &prefix)
+            .map_err(storage)?
+            .iter()
+            .map(point_info)
+            .collect();
+        select_point(&points, &choice)
+            .cloned()
+            .ok_or_else(|| exit(EXIT_INVALID, unknown_point(&choice, &points).to_string()))?
+    };
+    let replicated: Vec<_> = s.volumes.iter().filter(|v| !v.exclude).collect();
+    let refs = p
+        .disks
+        .iter()
+        .zip(&replicated)
+        .map(|(url, v)| DiskRef {
+            name: v.id.clone(),
+            location: url.clone(),
+            size: v.size_bytes.unwrap_or(0),
+            system: v.system,
+        })
+        .collect();
+    Ok((p, refs))
+}
+
 /// A scenario file that must be valid and replicate to Azure.
 fn load_azure_scenario(path: &Path) -> Result<Scenario> {
     let s = Scenario::load(path).map_err(|e| exit(EXIT_INVALID, e.to_string()))?;
@@ -549,6 +599,7 @@ fn vm(cmd: VmCommand, store: &AccountStore) -> Result<ExitCode> {
     match cmd {
         VmCommand::Create {
             scenario,
+            point,
             disks,
             recovery_point,
             keep_on_failure,
@@ -558,7 +609,23 @@ fn vm(cmd: VmCommand, store: &AccountStore) -> Result<ExitCode> {
             let account = scenario_account(&s, store)?;
             let target =
                 AzureTarget::from_scenario(&s, &account.subscription_id).map_err(cloud_exit)?;
-            let mut refs = Vec::new();
+            let (mut refs, mut recovery_point) = (Vec::new(), recovery_point);
+            if disks.is_empty() {
+                let (p, point_refs) = point_disks(&s, &account, &point)?;
+                eprintln!(
+                    "recovery point `{}` ({}) at seq {}{}",
+                    p.name,
+                    p.id,
+                    p.seq,
+                    if p.consistent {
+                        ""
+                    } else {
+                        " (NOT consistent)"
+                    }
+                );
+                recovery_point.get_or_insert(format!("{} seq {}", p.name, p.seq));
+                refs = point_refs;
+            }
             for d in &disks {
                 let Some((volume, url)) = d.split_once('=') else {
                     return Err(exit(

@@ -785,6 +785,7 @@ async fn drive(
                 name: SCENARIO.into(),
                 skip_journal: false,
                 force: false,
+                point: "latest".into(),
             },
             timeout,
         )

@@ -1,5 +1,6 @@
 //! The commands that run or talk to engines: `rha engine`, `rha scenario
-//! new|validate|run|stop|status|switchover`, `rha vm start`, `rha cert`.
+//! new|validate|run|stop|status|bookmark|points|switchover`, `rha vm start`,
+//! `rha cert`.
 //!
 //! Exit codes scripts can rely on:
 //! 0 success; 1 the operation failed; 2 invalid input (scenario, arguments);
@@ -16,7 +17,7 @@ use rha_core::cloud::local::Qemu;
 use rha_core::scenario::{Replica, Scenario, Template};
 use rha_transport::cert::{self, LeafKind};
 use rha_transport::connect::Security;
-use rha_transport::engine::{Client, ClientError, ControlRequest, Engine, EngineConfig};
+use rha_transport::engine::{Client, ClientError, ControlRequest, Engine, EngineConfig, Targets};
 use rha_transport::tls::{Tls, TlsSettings, Trust};
 
 /// Exit status: the operation failed.
@@ -134,6 +135,10 @@ pub struct EngineArgs {
     /// Print the listening address on stdout once ready (for scripts and tests).
     #[arg(long)]
     print_addr: bool,
+    /// The cloud accounts file Azure scenarios name their account in
+    /// (default `$XDG_CONFIG_HOME/rha/accounts.json`, or `~/.config/rha/accounts.json`).
+    #[arg(long, env = "RHA_ACCOUNTS", value_name = "PATH")]
+    accounts: Option<PathBuf>,
 }
 
 /// `rha scenario ...`.
@@ -209,7 +214,46 @@ pub enum ScenarioCommand {
         /// Start the VM even if the replica is not consistent.
         #[arg(long)]
         force: bool,
+        /// The recovery point the VM is made from: `latest` (the replica
+        /// once the journal is applied), a bookmark's name or id, `seq:N`, or
+        /// a bare sequence number.
+        #[arg(long, default_value = "latest")]
+        point: String,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a recovery point of a running scenario's replica (Azure: a blob
+    /// snapshot of every disk) holding every write the master made before
+    /// this command.
+    Bookmark {
+        /// The scenario's name.
+        name: String,
+        /// The bookmark's name (letters, digits, `-`, `_`, `.`).
+        bookmark: String,
+        /// The appliance engine (host:port).
+        #[arg(long)]
+        engine: String,
+        /// Mark the replica as it is now (its applied sequence) instead of
+        /// what the master holds.
+        #[arg(long)]
+        replica: bool,
+        /// Wait this long for the replica to catch up to the master's
+        /// sequence before answering that the point is pending.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the recovery points of a scenario's replica.
+    Points {
+        /// The scenario's name.
+        name: String,
+        /// The appliance engine (host:port).
+        #[arg(long)]
+        engine: String,
+        /// Print JSON (`points`: id, name, seq, created_ms, consistent, disks).
         #[arg(long)]
         json: bool,
     },
@@ -222,7 +266,7 @@ pub enum VmCommand {
     Start {
         /// The scenario's name.
         name: String,
-        /// The recovery point (`latest`).
+        /// The recovery point: `latest`, a bookmark's name or id, `seq:N`, or a bare sequence.
         #[arg(long, default_value = "latest")]
         point: String,
         /// The appliance engine (host:port).
@@ -308,6 +352,7 @@ pub fn engine(args: EngineArgs, auth: &Auth) -> Result<ExitCode> {
         if args.no_qemu {
             config.qemu = Qemu::Never;
         }
+        config.targets = targets(args.accounts.as_deref());
         let engine = Engine::start(config).await?;
         if args.print_addr {
             match engine.local_addr() {
@@ -328,6 +373,18 @@ pub fn engine(args: EngineArgs, auth: &Auth) -> Result<ExitCode> {
         engine.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The replica targets of `rha engine`: local disks, and Azure with the
+/// accounts file (read when a scenario is opened).
+fn targets(accounts: Option<&std::path::Path>) -> Targets {
+    match rha_azure::AccountStore::locate(accounts) {
+        Ok(store) => Targets::new().with(Arc::new(rha_azure::AzureTargets::new(store))),
+        Err(e) => {
+            eprintln!("rha: warning: Azure scenarios cannot run on this engine: {e}");
+            Targets::new()
+        }
+    }
 }
 
 fn appliance_addr(s: &Scenario) -> Option<String> {
@@ -564,28 +621,132 @@ pub fn scenario(cmd: ScenarioCommand, auth: &Auth) -> Result<ExitCode> {
             engine,
             skip_journal,
             force,
+            point,
             json,
         } => {
-            let rt = runtime()?;
-            let v = rt.block_on(async {
-                let c = client(&engine, auth).await?;
-                let v = c
-                    .call(
-                        &ControlRequest::Switchover {
-                            name,
-                            skip_journal,
-                            force,
-                        },
-                        LONG,
-                    )
-                    .await?;
-                c.close().await;
-                Ok::<_, ExitError>(v)
-            })?;
+            let v = call(
+                &engine,
+                auth,
+                ControlRequest::Switchover {
+                    name,
+                    skip_journal,
+                    force,
+                    point,
+                },
+                LONG,
+            )?;
             print_vm(&v["switchover"], json);
             Ok(ExitCode::SUCCESS)
         }
+        ScenarioCommand::Bookmark {
+            name,
+            bookmark,
+            engine,
+            replica,
+            wait_secs,
+            json,
+        } => {
+            let v = call(
+                &engine,
+                auth,
+                ControlRequest::Bookmark {
+                    name,
+                    bookmark,
+                    replica,
+                    wait_secs,
+                },
+                Duration::from_secs(wait_secs + 120),
+            )?;
+            if json {
+                println!("{v}");
+            } else {
+                let p = &v["point"];
+                if v["taken"].as_bool() == Some(true) {
+                    println!(
+                        "recovery point `{}` ({}) at seq {} ({} the {})",
+                        v["bookmark"].as_str().unwrap_or("?"),
+                        p["id"].as_str().unwrap_or("?"),
+                        v["seq"],
+                        if p["consistent"].as_bool() == Some(true) {
+                            "consistent, holding"
+                        } else {
+                            "NOT consistent, from"
+                        },
+                        v["at"].as_str().unwrap_or("?"),
+                    );
+                } else {
+                    println!(
+                        "bookmark `{}` at seq {} recorded",
+                        v["bookmark"].as_str().unwrap_or("?"),
+                        v["seq"]
+                    );
+                }
+                if let Some(n) = v["note"].as_str() {
+                    println!("  {n}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ScenarioCommand::Points { name, engine, json } => {
+            let v = call(
+                &engine,
+                auth,
+                ControlRequest::Points { name },
+                Duration::from_secs(120),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let points = v["points"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{:<24} {:<28} {:>10}  {:<24} CONSISTENT",
+                "NAME", "ID", "SEQ", "TAKEN (UTC)"
+            );
+            for p in &points {
+                println!(
+                    "{:<24} {:<28} {:>10}  {:<24} {}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["id"].as_str().unwrap_or("?"),
+                    p["seq"],
+                    match p["created_ms"].as_u64() {
+                        Some(ms) if ms > 0 => rha_azure::provider::utc_stamp(
+                            std::time::UNIX_EPOCH + Duration::from_millis(ms)
+                        ),
+                        _ => "-".into(),
+                    },
+                    if p["consistent"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                );
+            }
+            if v["keeps_points"].as_bool() != Some(true) {
+                println!(
+                    "(a {} replica keeps only `latest`, the disks as they are)",
+                    v["target"].as_str().unwrap_or("local")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Sends one control request to `engine` and returns the reply.
+fn call(
+    engine: &str,
+    auth: &Auth,
+    req: ControlRequest,
+    timeout: Duration,
+) -> Result<serde_json::Value, ExitError> {
+    let rt = runtime().map_err(|e| ExitError::new(EXIT_FAILED, format!("{e:#}")))?;
+    rt.block_on(async {
+        let c = client(engine, auth).await?;
+        let v = c.call(&req, timeout).await?;
+        c.close().await;
+        Ok::<_, ExitError>(v)
+    })
 }
 
 fn print_vm(r: &serde_json::Value, json: bool) {
@@ -606,6 +767,14 @@ fn print_vm(r: &serde_json::Value, json: bool) {
         },
         r["master_step"].as_str().unwrap_or("?"),
     );
+    let p = &r["recovery_point"];
+    if p.is_object() {
+        println!(
+            "  from recovery point `{}` ({})",
+            p["name"].as_str().unwrap_or("?"),
+            p["id"].as_str().unwrap_or("?")
+        );
+    }
     for d in r["disks"].as_array().cloned().unwrap_or_default() {
         println!("  disk {}", d.as_str().unwrap_or("?"));
     }

@@ -219,6 +219,37 @@ pub fn debugfs_write(img: &Path, dir: &Path, name: &str, kib: usize, seed: u64) 
     );
 }
 
+/// The `[[volumes]]` (one system volume, `image`), `[sync]`, `[journal]`,
+/// `[capture]` (rescan every 200 ms) and `[is_alive]` (1 s, 3 s) tables of
+/// the test scenarios.
+pub fn test_volume_and_sync(image: &Path) -> String {
+    format!(
+        r#"[[volumes]]
+id = "/"
+system = true
+path = "{image}"
+
+[sync]
+method = "block"
+
+[journal]
+directory = "journal"
+max_size_mb = 256
+fsync = "interval"
+fsync_interval_ms = 50
+
+[capture]
+method = "rescan"
+rescan_interval_ms = 200
+
+[is_alive]
+interval_secs = 1
+timeout_secs = 3
+"#,
+        image = image.display()
+    )
+}
+
 /// A scenario file for a master image and the two engines.
 #[allow(clippy::too_many_arguments)]
 pub fn scenario(
@@ -246,28 +277,7 @@ appliance = "127.0.0.1"
 port = {appliance_port}
 data_dir = "replicas/{name}"
 
-[[volumes]]
-id = "/"
-system = true
-path = "{image}"
-
-[sync]
-method = "block"
-
-[journal]
-directory = "journal"
-max_size_mb = 256
-fsync = "interval"
-fsync_interval_ms = 50
-
-[capture]
-method = "rescan"
-rescan_interval_ms = 200
-
-[is_alive]
-interval_secs = 1
-timeout_secs = 3
-
+{volume_and_sync}
 [switchover]
 mode = "manual"
 wait_for_journal = true
@@ -281,7 +291,7 @@ name = "{name}-vm"
 cpus = 1
 memory_mb = 512
 "#,
-        image = image.display(),
+        volume_and_sync = test_volume_and_sync(image),
         marker = step_marker.display(),
     );
     let p = dir.join(format!("{name}.toml"));

@@ -50,17 +50,47 @@ pub enum ControlRequest {
         /// Start the VM even from a replica that is not consistent.
         #[serde(default)]
         force: bool,
+        /// The recovery point the VM is made from (`latest`, a bookmark's
+        /// name or id, `seq:N`, or a bare sequence).
+        #[serde(default = "latest")]
+        point: String,
     },
     /// Starts the replica VM of a stopped scenario.
     VmStart {
         /// The scenario's name.
         name: String,
-        /// The recovery point: `latest`.
+        /// The recovery point: `latest`, a bookmark's name or id, `seq:N`, or a bare sequence.
         #[serde(default = "latest")]
         point: String,
         /// Start it even from a replica that is not consistent.
         #[serde(default)]
         force: bool,
+    },
+    /// Takes a recovery point named `bookmark` (on the appliance): at the
+    /// master's newest captured sequence, or at the replica's applied one.
+    Bookmark {
+        /// The scenario's name.
+        name: String,
+        /// The bookmark's name (letters, digits, `-`, `_`, `.`).
+        bookmark: String,
+        /// Mark the replica as it is (its applied sequence) instead of asking the master.
+        #[serde(default)]
+        replica: bool,
+        /// How long to wait for the replica to reach the master's sequence
+        /// before answering that the point is pending.
+        #[serde(default = "bookmark_wait")]
+        wait_secs: u64,
+    },
+    /// The recovery points of a scenario's replica (on the appliance).
+    Points {
+        /// The scenario's name.
+        name: String,
+    },
+    /// The master's newest captured sequence of a scenario, after a capture
+    /// (sent by the appliance for a bookmark).
+    MasterSeq {
+        /// The scenario's name.
+        name: String,
     },
     /// The engine's volumes, and those of a scenario as found here (on a master).
     Discover {
@@ -78,6 +108,10 @@ pub enum ControlRequest {
 
 fn latest() -> String {
     "latest".into()
+}
+
+fn bookmark_wait() -> u64 {
+    60
 }
 
 /// An error answer to a control request.

@@ -220,6 +220,16 @@ impl MasterScenario {
         &self.source
     }
 
+    /// Captures now (a rescan scans whatever its interval) and returns the
+    /// newest captured sequence: what a bookmark marks.
+    pub fn capture_now(&self) -> Result<Seq, String> {
+        self.source.capture().map_err(|e| e.to_string())?;
+        if let Some(r) = &self.rescan {
+            r.scan_now().map_err(|e| e.to_string())?;
+        }
+        Ok(self.source.last_seq())
+    }
+
     fn start_capture(self: &Arc<Self>) {
         let me = self.clone();
         let stop = self.stop_capture.clone();

@@ -7,9 +7,14 @@
 //!                                   │  ▲                               │ capture (rescan / tracked)
 //!                                   │  └── SyncPeer requests, Stats ◄──┤ journal, change log
 //!                                   │      Heartbeats both ways        │ sync + replicate thread
-//!                                   ▼                                  
-//!                       replica disks (fixed VHD) ── switchover ──► CloudProvider (QEMU)
+//!                                   ▼
+//!             ReplicaTarget: replica disks (local fixed VHDs, Azure page blobs),
+//!             recovery points ── switchover / vm start ──► CloudProvider (QEMU, Azure)
 //! ```
+//!
+//! Which replica target serves a scenario's `[replica]` is the engine
+//! configuration's [`Targets`]: local disks always, others (Azure, from
+//! `rha-azure`) as the program registers them.
 //!
 //! Normal mode: the appliance calls the master (port 25000). NAT mode
 //! (`master.nat = true`): the master engine, started with `--dial
@@ -21,6 +26,7 @@ pub mod discover;
 pub mod master;
 mod peer;
 pub mod replica;
+pub mod target;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +36,7 @@ use std::time::Duration;
 
 use rha_core::cloud::local::{LocalProvider, Qemu};
 use rha_core::cloud::CloudProvider;
+use rha_core::scenario::Replica;
 use rha_core::scenario::Scenario;
 use rha_core::source::ChangeSource;
 use serde_json::json;
@@ -40,6 +47,10 @@ pub use control::{Client, ClientError, ControlRequest};
 pub use master::MasterScenario;
 pub use peer::RemotePeer;
 pub use replica::ApplianceScenario;
+pub use target::{
+    PointChoice, PointInfo, ReplicaDisks, ReplicaTarget, TargetContext, TargetError, TargetFactory,
+    Targets,
+};
 
 use crate::connect::{self, ConnectError, LocalInfo, Security};
 use crate::limit::{Limiter, Schedule};
@@ -65,6 +76,8 @@ pub struct EngineConfig {
     pub qemu: Qemu,
     /// Compression this engine accepts, most preferred first.
     pub compression: Vec<Compression>,
+    /// The replica targets served besides local disks (Azure, ...).
+    pub targets: Targets,
 }
 
 impl EngineConfig {
@@ -78,6 +91,7 @@ impl EngineConfig {
             security,
             qemu: Qemu::Auto,
             compression: vec![Compression::Lz4, Compression::Zstd, Compression::None],
+            targets: Targets::new(),
         }
     }
 }
@@ -172,7 +186,7 @@ pub struct Shared {
     offers: Mutex<Vec<Offer>>,
     offer_added: Notify,
     provided: Mutex<HashMap<String, Arc<dyn ChangeSource>>>,
-    provider: Arc<dyn CloudProvider>,
+    local: Arc<LocalProvider>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -200,9 +214,31 @@ impl Shared {
         Arc::new(Limiter::new(Schedule::unlimited()))
     }
 
-    /// The provider that creates switchover VMs.
+    /// The provider that creates the VMs of local replicas (QEMU); each
+    /// scenario's is its [`ReplicaTarget::provider`].
     pub fn provider(&self) -> Arc<dyn CloudProvider> {
-        self.provider.clone()
+        self.local.clone()
+    }
+
+    /// The replica target of `scenario`.
+    pub fn target_for(&self, scenario: &Scenario) -> Result<Arc<dyn ReplicaTarget>, EngineError> {
+        let ctx = TargetContext {
+            engine: self.config.name.clone(),
+            data_dir: self.config.data_dir.clone(),
+        };
+        self.config
+            .targets
+            .for_scenario(scenario, &ctx, &self.local)
+            .map_err(|e| EngineError::Invalid(e.to_string()))
+    }
+
+    fn appliance_scenario(
+        &self,
+        s: Scenario,
+        text: String,
+    ) -> Result<Arc<ApplianceScenario>, EngineError> {
+        let target = self.target_for(&s)?;
+        ApplianceScenario::new(&self.config.data_dir, s, text, target)
     }
 
     /// Calls `addr` for `scenario`, offering the scenario's compression.
@@ -276,7 +312,7 @@ impl Engine {
             None => None,
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-        let provider: Arc<dyn CloudProvider> = Arc::new(
+        let local = Arc::new(
             LocalProvider::new(config.data_dir.join("vms")).with_qemu(config.qemu.clone()),
         );
         let (shutdown, _) = watch::channel(false);
@@ -288,7 +324,7 @@ impl Engine {
             offers: Mutex::new(Vec::new()),
             offer_added: Notify::new(),
             provided: Mutex::new(HashMap::new()),
-            provider,
+            local,
             shutdown,
         });
         if let Some(l) = listener {
@@ -390,7 +426,7 @@ impl Engine {
             let Ok(s) = Scenario::from_toml_str(&text) else {
                 continue;
             };
-            match ApplianceScenario::new(&shared.config.data_dir, s, text) {
+            match shared.appliance_scenario(s, text) {
                 Ok(a) => {
                     if a.run_state() == RunState::Running {
                         a.start(shared.clone());
@@ -767,7 +803,7 @@ async fn handle_control(shared: &Arc<Shared>, req: ControlRequest) -> serde_json
                 }
             }
             let name = s.name.clone();
-            let a = match ApplianceScenario::new(&shared.config.data_dir, s, scenario) {
+            let a = match shared.appliance_scenario(s, scenario) {
                 Ok(a) => a,
                 Err(e) => return error_reply(ErrorCode::BadRequest, e.to_string()),
             };
@@ -828,20 +864,46 @@ async fn handle_control(shared: &Arc<Shared>, req: ControlRequest) -> serde_json
             }
             ok(json!({"engine": shared.config.name, "scenarios": list}))
         }
-        ControlRequest::Switchover { name, skip_journal, force } => match appliance(&name) {
-            Some(a) => match a.switchover(shared, !skip_journal, force).await {
+        ControlRequest::Switchover { name, skip_journal, force, point } => match appliance(&name) {
+            Some(a) => match a.switchover(!skip_journal, force, &choice(&point)).await {
                 Ok(report) => ok(json!({"name": name, "switchover": report})),
                 Err((code, e)) => error_reply(code, e),
             },
             None => error_reply(ErrorCode::NoSuchScenario, format!("no scenario `{name}` on this appliance (`{}`): switch over on the appliance engine", shared.config.name)),
         },
         ControlRequest::VmStart { name, point, force } => match appliance(&name) {
-            Some(a) => match a.vm_start(shared, &point, force).await {
+            Some(a) => match a.vm_start(&choice(&point), force).await {
                 Ok(report) => ok(json!({"name": name, "vm": report})),
                 Err((code, e)) => error_reply(code, e),
             },
             None => error_reply(ErrorCode::NoSuchScenario, format!("no scenario `{name}` on this appliance (`{}`)", shared.config.name)),
         },
+        ControlRequest::Bookmark { name, bookmark, replica, wait_secs } => match appliance(&name) {
+            Some(a) => match a.bookmark(&bookmark, replica, Duration::from_secs(wait_secs)).await {
+                Ok(v) => ok(v),
+                Err((code, e)) => error_reply(code, e),
+            },
+            None => error_reply(ErrorCode::NoSuchScenario, format!("no scenario `{name}` on this appliance (`{}`): bookmark on the appliance engine", shared.config.name)),
+        },
+        ControlRequest::Points { name } => match appliance(&name) {
+            Some(a) => match a.points().await {
+                Ok(v) => ok(v),
+                Err((code, e)) => error_reply(code, e),
+            },
+            None => error_reply(ErrorCode::NoSuchScenario, format!("no scenario `{name}` on this appliance (`{}`)", shared.config.name)),
+        },
+        ControlRequest::MasterSeq { name } => {
+            let Some(m) = lock(&shared.masters).get(&name).cloned() else {
+                return error_reply(ErrorCode::NoSuchScenario, format!("engine `{}` is not the master of scenario `{name}`", shared.config.name));
+            };
+            // A last capture (a rescan finds what changed since the last scan), then its sequence.
+            let r = tokio::task::spawn_blocking(move || m.capture_now()).await;
+            match r {
+                Ok(Ok(seq)) => ok(json!({"name": name, "seq": seq})),
+                Ok(Err(e)) => error_reply(ErrorCode::Master, format!("capturing the newest changes failed: {e}")),
+                Err(e) => error_reply(ErrorCode::Internal, e.to_string()),
+            }
+        }
         ControlRequest::Discover { scenario } => {
             let volumes = match scenario.as_deref().map(Scenario::from_toml_str) {
                 None => None,
@@ -860,6 +922,11 @@ async fn handle_control(shared: &Arc<Shared>, req: ControlRequest) -> serde_json
         }
         ControlRequest::Verify { scenario } => verify(shared, &scenario).await,
     }
+}
+
+/// A recovery point as a control request names it.
+fn choice(point: &str) -> target::PointChoice {
+    point.parse().unwrap_or(target::PointChoice::Latest)
 }
 
 fn mark_master_stopped(shared: &Shared, name: &str) {
@@ -885,6 +952,11 @@ async fn verify(shared: &Arc<Shared>, text: &str) -> serde_json::Value {
         rha_core::scenario::Replica::Local(l) => shared.config.data_dir.join(&l.data_dir),
         rha_core::scenario::Replica::Azure(_) => shared.config.data_dir.clone(),
     };
+    if let Replica::Azure(_) = &s.replica {
+        if let Err(e) = shared.target_for(&s) {
+            errors.push(e.to_string());
+        }
+    }
     let free = discover::free_space(&disks_dir);
     // Reach the master: the live session, a NAT offer, or a call.
     let existing = lock(&shared.appliances).get(&s.name).and_then(|a| a.link());

@@ -2,22 +2,37 @@
 //! it sends to the replica disks, watch that it is alive, switch over.
 //!
 //! A replica scenario lives in `<data>/appliance/<name>/` (scenario file,
-//! run state, the identity of the master journal the disks pair with) and
-//! its disks in the scenario's `replica.local.data_dir` (relative paths are
-//! under the engine's data directory).
+//! run state, the identity of the master journal the disks pair with); its
+//! disks are wherever its [`ReplicaTarget`] keeps them: the scenario's
+//! `replica.local.data_dir` (relative paths are under the engine's data
+//! directory), or Azure page blobs.
+//!
+//! # Bookmarks
+//!
+//! `rha scenario bookmark` marks what the **master** holds when it is asked:
+//! the appliance holds back the batches still arriving (they keep queuing),
+//! asks the master for its newest captured sequence N (after a capture),
+//! records the bookmark at N and lets the batches through; the target takes
+//! the recovery point when the replica has applied exactly N (at once when
+//! it already has). So the point holds every write the master made before
+//! the command, however far replication lags. When the master is not
+//! connected (or with `--replica`), the point is the replica as it is, at
+//! its applied sequence.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rha_core::cloud::{DiskRef, VmSpec};
+use rha_core::cloud::{CloudError, DiskRef, VmSpec};
 use rha_core::events::{Event, Events};
 use rha_core::scenario::{Check, Product, Replica, Scenario, SwitchoverMode};
-use rha_core::sink::{DiskFormat, FileSink, ReplicaSink};
 use rha_core::sync::{LocalPeer, SyncPeer};
+use rha_core::Seq;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use super::target::{PointChoice, PointInfo, ReplicaDisks, ReplicaTarget, TargetError};
 use super::{EngineError, Shared};
 use crate::link::Link;
 use crate::wire::{ErrorCode, Intent, Message};
@@ -59,14 +74,19 @@ pub struct SwitchoverReport {
     pub recovery_point_seq: u64,
     /// When that point was reached (Unix ms), as far as the appliance knows.
     pub recovery_point_time_ms: u64,
+    /// The recovery point the VM's disks were made from (`latest`, or a bookmark's point).
+    pub recovery_point: PointInfo,
     /// Whether the disks are consistent at that point.
     pub consistent: bool,
     /// The outcome of the master-side step.
     pub master_step: String,
     /// Whether the remaining journal was applied first.
     pub journal_applied: bool,
-    /// The replica disks the VM uses.
-    pub disks: Vec<PathBuf>,
+    /// What the VM's disks were made from, in volume order: the replica
+    /// disk files (local), or the recovery point's blob snapshots (Azure).
+    pub disks: Vec<String>,
+    /// The provider that made the VM (`local`, `azure`).
+    pub provider: String,
     /// Provider details (launch definition, pid, ...).
     pub details: std::collections::BTreeMap<String, String>,
 }
@@ -77,12 +97,13 @@ pub struct ApplianceScenario {
     pub scenario: Scenario,
     text: String,
     dir: PathBuf,
-    disks_dir: PathBuf,
+    target: Arc<dyn ReplicaTarget>,
     /// Events.
     pub events: Events,
     run: watch::Sender<RunState>,
     link: Mutex<Option<Link>>,
-    sink: Mutex<Option<Arc<FileSink>>>,
+    sink: Mutex<Option<Arc<dyn ReplicaDisks>>>,
+    apply_tx: Mutex<Option<mpsc::Sender<Item>>>,
     master_stats: Mutex<Option<serde_json::Value>>,
     last_alive: Mutex<Instant>,
     not_responding: Mutex<bool>,
@@ -103,24 +124,15 @@ impl std::fmt::Debug for ApplianceScenario {
 }
 
 impl ApplianceScenario {
-    /// Creates (or reloads) the scenario's state directory.
+    /// Creates (or reloads) the scenario's state directory; its disks are
+    /// `target`'s.
     pub fn new(
         data_dir: &Path,
         scenario: Scenario,
         text: String,
+        target: Arc<dyn ReplicaTarget>,
     ) -> Result<Arc<Self>, EngineError> {
-        let Replica::Local(local) = &scenario.replica else {
-            return Err(EngineError::Invalid(format!(
-                "scenario `{}` replicates to Azure: this engine serves local replicas (the Azure adapter is rha-azure)",
-                scenario.name
-            )));
-        };
         let dir = data_dir.join("appliance").join(&scenario.name);
-        let disks_dir = if local.data_dir.is_absolute() {
-            local.data_dir.clone()
-        } else {
-            data_dir.join(&local.data_dir)
-        };
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::io("create", &dir, e))?;
         super::write_atomic(&dir.join("scenario.toml"), text.as_bytes())?;
         let persisted = read_persisted(&dir);
@@ -149,11 +161,12 @@ impl ApplianceScenario {
             scenario,
             text,
             dir,
-            disks_dir,
+            target,
             events,
             run,
             link: Mutex::new(None),
             sink: Mutex::new(None),
+            apply_tx: Mutex::new(None),
             master_stats: Mutex::new(None),
             last_alive: Mutex::new(Instant::now()),
             not_responding: Mutex::new(false),
@@ -218,53 +231,47 @@ impl ApplianceScenario {
             .filter(|l| l.closed_reason().is_none())
     }
 
-    /// The replica disks (paths), once they exist.
-    pub fn disk_paths(&self) -> Vec<PathBuf> {
+    /// Where the replica disks are (local file paths, blob URLs), once open.
+    pub fn disk_locations(&self) -> Vec<String> {
         self.sink
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|s| s.disk_paths())
+            .map(|s| s.locations())
             .unwrap_or_default()
     }
 
-    fn open_sink(&self, sizes: &[u64]) -> Result<Arc<FileSink>, EngineError> {
-        let mut guard = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = guard.as_ref() {
-            return Ok(s.clone());
-        }
-        let sink = if self.disks_dir.join("replica.toml").exists() {
-            FileSink::open(&self.disks_dir)
-        } else {
-            FileSink::create(&self.disks_dir, sizes, DiskFormat::FixedVhd)
-        }
-        .map_err(|e| EngineError::Sink(e.to_string()))?;
-        let sink = Arc::new(sink);
-        *guard = Some(sink.clone());
-        Ok(sink)
+    /// The replica disks as paths, once open (file paths for a local
+    /// replica; other targets' locations, such as URLs, as they are).
+    pub fn disk_paths(&self) -> Vec<PathBuf> {
+        self.disk_locations()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect()
     }
 
-    /// Opens the existing replica disks (for `vm start` after an engine restart).
-    fn existing_sink(&self) -> Result<Arc<FileSink>, EngineError> {
+    /// The scenario's replica target.
+    pub fn target(&self) -> &Arc<dyn ReplicaTarget> {
+        &self.target
+    }
+
+    /// Opens the replica disks, creating them with the master's volume
+    /// sizes when there are none (`None`: open existing ones only).
+    fn open_disks(&self, create: Option<Vec<u64>>) -> Result<Arc<dyn ReplicaDisks>, TargetError> {
         let mut guard = self.sink.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
         }
-        let sink = Arc::new(FileSink::open(&self.disks_dir).map_err(|e| {
-            EngineError::Sink(format!(
-                "no replica disks in {}: {e} (has the scenario ever synchronised?)",
-                self.disks_dir.display()
-            ))
-        })?);
-        *guard = Some(sink.clone());
-        Ok(sink)
+        let disks = self.target.open(create)?;
+        *guard = Some(disks.clone());
+        Ok(disks)
     }
 
     /// The status, as `rha scenario status --json` shows it.
     pub fn status(&self) -> serde_json::Value {
         let link = self.link();
         let sink = self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let replica = sink.as_ref().map(|s| s.state());
+        let replica = sink.as_ref().map(|s| s.sink().state());
         let master = self
             .master_stats
             .lock()
@@ -323,7 +330,12 @@ impl ApplianceScenario {
             "last_event": last_event.map(|(t, e)| serde_json::json!({"time_ms": t, "text": e})),
             "last_error": self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             "switchover": self.switchover.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            "disks": self.disk_paths(),
+            "disks": self.disk_locations(),
+            "target": {
+                "kind": self.target.kind(),
+                "location": self.target.location(),
+                "keeps_points": self.target.keeps_points(),
+            },
         })
     }
 
@@ -365,6 +377,7 @@ impl ApplianceScenario {
             }
             link.close("session ended");
             *self.link.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.end_apply();
             let done = self
                 .apply_done
                 .lock()
@@ -380,6 +393,12 @@ impl ApplianceScenario {
                 }
             }
         }
+    }
+
+    /// Forgets the replica writer's queue, so that it ends once the session's
+    /// messages are applied.
+    fn end_apply(&self) {
+        *self.apply_tx.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Reaches the master: calls it, or in NAT mode takes a connection it offered.
@@ -425,7 +444,7 @@ impl ApplianceScenario {
         let sink = {
             let me = self.clone();
             let sizes = sizes.clone();
-            tokio::task::spawn_blocking(move || me.open_sink(&sizes))
+            tokio::task::spawn_blocking(move || me.open_disks(Some(sizes)))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?
@@ -436,22 +455,28 @@ impl ApplianceScenario {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.set_phase("connected");
         tracing::info!(scenario = %self.scenario.name, master = %link.peer().name, "session with the master open");
-        let (tx, rx) = mpsc::channel::<Message>(64);
+        let (tx, rx) = mpsc::channel::<Item>(64);
+        *self.apply_tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
         let apply = {
             let link = link.clone();
             let dir = self.dir.clone();
             let events = self.events.clone();
             let applied_at = self.applied_at_ms.clone();
             tokio::task::spawn_blocking(move || {
+                let reply = |m: Message| {
+                    let _ = link.send_blocking(m);
+                };
                 apply_loop(
                     &*sink,
                     rx,
-                    &link,
-                    &dir,
-                    &journal_id,
-                    fresh,
-                    &events,
-                    &applied_at,
+                    &reply,
+                    &ApplyContext {
+                        dir: &dir,
+                        journal_id: &journal_id,
+                        fresh,
+                        events: &events,
+                        applied_at: &applied_at,
+                    },
                 )
             })
         };
@@ -499,7 +524,7 @@ impl ApplianceScenario {
                 | Message::Apply { .. }
                 | Message::MarkConsistent { .. }
                 | Message::Bookmark { .. }) => {
-                    if tx.send(m).await.is_err() {
+                    if tx.send(Item::Wire(m)).await.is_err() {
                         return Err("the replica writer stopped".into());
                     }
                 }
@@ -605,9 +630,8 @@ impl ApplianceScenario {
                     && matches!(self.scenario.replica, Replica::Local(_));
                 if automatic {
                     let me = self.clone();
-                    let shared = _shared.clone();
                     tokio::spawn(async move {
-                        match me.switchover(&shared, true, false).await {
+                        match me.switchover(true, false, &PointChoice::Latest).await {
                             Ok(r) => tracing::info!("automatic switchover done: {}", r),
                             Err((_, e)) => tracing::error!("automatic switchover failed: {e}"),
                         }
@@ -635,12 +659,13 @@ impl ApplianceScenario {
     }
 
     /// Switches over: stop replication (after the remaining journal unless
-    /// `skip_journal`), run the master-side step, create and start the VM.
+    /// `skip_journal`), run the master-side step, create and start the VM
+    /// from the recovery point `point` (`latest`: the replica as it then is).
     pub async fn switchover(
         self: &Arc<Self>,
-        shared: &Shared,
         apply_journal: bool,
         force: bool,
+        point: &PointChoice,
     ) -> Result<serde_json::Value, (ErrorCode, String)> {
         match self.run_state() {
             RunState::Running => {}
@@ -681,6 +706,7 @@ impl ApplianceScenario {
             link.shutdown("switchover").await;
         }
         // Let the replica writer finish what arrived.
+        self.end_apply();
         let done = self
             .apply_done
             .lock()
@@ -690,7 +716,7 @@ impl ApplianceScenario {
             let _ = h.await;
         }
         let result = self
-            .start_vm(shared, force, apply_journal, master_step)
+            .start_vm(force, apply_journal, master_step, point)
             .await;
         match result {
             Ok(report) => {
@@ -705,102 +731,147 @@ impl ApplianceScenario {
         }
     }
 
-    /// Creates and starts the VM from the replica disks as they are.
+    /// Creates and starts the VM from the recovery point `point` of the
+    /// replica disks (`latest`: the disks as they are).
     pub async fn start_vm(
         self: &Arc<Self>,
-        shared: &Shared,
         force: bool,
         journal_applied: bool,
         master_step: String,
+        point: &PointChoice,
     ) -> Result<serde_json::Value, (ErrorCode, String)> {
-        let sink = {
+        let resolved = {
             let me = self.clone();
-            tokio::task::spawn_blocking(move || me.existing_sink())
+            let choice = point.clone();
+            tokio::task::spawn_blocking(move || me.resolve_for_vm(&choice, force))
                 .await
                 .map_err(|e| (ErrorCode::Internal, e.to_string()))?
-                .map_err(|e| (ErrorCode::Replica, e.to_string()))?
+                .map_err(|e| (e.code(), e.to_string()))?
         };
-        let state = sink.state();
-        if !state.consistent && !force {
+        let Resolved {
+            point,
+            sizes,
+            applied,
+        } = resolved;
+        if !point.consistent && !force {
             return Err((
                 ErrorCode::WrongState,
                 format!(
                     "the replica is not consistent (synchronisation unfinished; applied up to {}): starting a VM from it may not boot. Finish the synchronisation, or pass --force",
-                    state.applied
+                    point.seq
                 ),
             ));
         }
-        let paths = sink.disk_paths();
         let replicated: Vec<_> = self
             .scenario
             .volumes
             .iter()
             .filter(|v| !v.exclude)
             .collect();
-        let mut disks = Vec::new();
-        for (i, p) in paths.iter().enumerate() {
-            let size = sink
-                .volume(i as u32)
-                .map(|v| v.size())
-                .map_err(|e| (ErrorCode::Replica, e.to_string()))?;
-            disks.push(DiskRef {
+        let disks: Vec<DiskRef> = point
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, location)| DiskRef {
                 name: replicated
                     .get(i)
                     .map(|v| v.id.clone())
                     .unwrap_or_else(|| format!("disk{i}")),
-                location: p.display().to_string(),
-                size,
+                location: location.clone(),
+                size: sizes.get(i).copied().unwrap_or(0),
                 system: replicated.get(i).is_some_and(|v| v.system),
-            });
-        }
-        drop(sink);
+            })
+            .collect();
+        // The local provider finalises the disk files: nothing may hold them open.
         *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut spec = VmSpec::from_scenario(&self.scenario, disks);
-        spec.recovery_point = Some(format!("seq {}", state.applied));
-        let provider = shared.provider();
+        spec.recovery_point = Some(format!("{} seq {}", point.name, point.seq));
+        let provider = self
+            .target
+            .provider()
+            .map_err(|e| (e.code(), e.to_string()))?;
         let vm_name = spec.name.clone();
-        // A VM left from an earlier switchover or `vm start` is replaced.
-        let _ = provider
-            .delete_vm(&rha_core::cloud::VmId(format!("local:{vm_name}")))
-            .await;
-        let info = provider
-            .create_vm(&spec)
-            .await
-            .map_err(|e| (ErrorCode::Internal, format!("creating the VM failed: {e}")))?;
+        // A VM left from an earlier switchover or `vm start` is replaced
+        // where the target says so (local); a cloud VM is kept.
+        if let Some(old) = self.target.replaced_vm(&vm_name) {
+            let _ = provider.delete_vm(&old).await;
+        }
+        let info = provider.create_vm(&spec).await.map_err(|e| {
+            let code = match &e {
+                CloudError::AlreadyExists { .. } => ErrorCode::WrongState,
+                CloudError::Invalid(_) | CloudError::Disk { .. } => ErrorCode::BadRequest,
+                _ => ErrorCode::Internal,
+            };
+            (code, format!("creating the VM failed: {e}"))
+        })?;
         self.events.emit(Event::SwitchoverCompleted {
             vm_id: info.id.0.clone(),
-            recovery_point: state.applied,
+            recovery_point: point.seq,
         });
+        let time_ms = if point.created_ms > 0 {
+            point.created_ms
+        } else {
+            *self.applied_at_ms.lock().unwrap_or_else(|e| e.into_inner())
+        };
         let report = SwitchoverReport {
             vm_id: info.id.0.clone(),
             vm_name,
             vm_state: info.state.to_string(),
-            recovery_point_seq: state.applied,
-            recovery_point_time_ms: *self.applied_at_ms.lock().unwrap_or_else(|e| e.into_inner()),
-            consistent: state.consistent,
+            recovery_point_seq: point.seq,
+            recovery_point_time_ms: time_ms,
+            consistent: point.consistent,
             master_step,
             journal_applied,
-            disks: paths,
+            disks: point.disks.clone(),
+            provider: provider.kind().to_owned(),
+            recovery_point: point,
             details: info.details,
         };
+        tracing::info!(scenario = %self.scenario.name, vm = %report.vm_id, seq = applied, "VM created");
         serde_json::to_value(&report).map_err(|e| (ErrorCode::Internal, e.to_string()))
     }
 
-    /// `rha vm start`: the VM from the replica disks of a stopped scenario.
+    /// The point a VM is made from, with the disks' sizes (blocking).
+    fn resolve_for_vm(&self, choice: &PointChoice, force: bool) -> Result<Resolved, TargetError> {
+        let disks = self.open_disks(None)?;
+        let sink = disks.sink();
+        let state = sink.state();
+        let mut sizes = Vec::new();
+        for i in 0..sink.volume_count() {
+            let v = sink.volume(i as u32).map_err(|e| TargetError::Storage {
+                location: self.target.location(),
+                reason: e.to_string(),
+            })?;
+            sizes.push(v.size());
+        }
+        let point = match disks.resolve(choice) {
+            Ok(p) => p,
+            // --force: the disks as they are, consistent or not.
+            Err(TargetError::NotConsistent(_)) if force && *choice == PointChoice::Latest => {
+                PointInfo {
+                    id: "latest".into(),
+                    name: "latest".into(),
+                    seq: state.applied,
+                    created_ms: 0,
+                    consistent: false,
+                    disks: disks.locations(),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Resolved {
+            point,
+            sizes,
+            applied: state.applied,
+        })
+    }
+
+    /// `rha vm start`: the VM from a recovery point of a stopped scenario's replica.
     pub async fn vm_start(
         self: &Arc<Self>,
-        shared: &Shared,
-        point: &str,
+        point: &PointChoice,
         force: bool,
     ) -> Result<serde_json::Value, (ErrorCode, String)> {
-        if point != "latest" {
-            return Err((
-                ErrorCode::BadRequest,
-                format!(
-                    "recovery point `{point}` is not available: local replicas keep only `latest`"
-                ),
-            ));
-        }
         if self.run_state() == RunState::Running || self.run_state() == RunState::SwitchingOver {
             return Err((
                 ErrorCode::WrongState,
@@ -809,13 +880,242 @@ impl ApplianceScenario {
             ));
         }
         let report = self
-            .start_vm(shared, force, false, "not run (vm start)".into())
+            .start_vm(force, false, "not run (vm start)".into(), point)
             .await?;
         *self.switchover.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
         let run = self.run_state();
         self.set_run(run);
         Ok(report)
     }
+
+    /// The replica's recovery points, oldest first (`rha scenario points`).
+    pub async fn points(self: &Arc<Self>) -> Result<serde_json::Value, (ErrorCode, String)> {
+        let me = self.clone();
+        let points = tokio::task::spawn_blocking(move || me.open_disks(None)?.points())
+            .await
+            .map_err(|e| (ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| (e.code(), e.to_string()))?;
+        Ok(serde_json::json!({
+            "name": self.scenario.name,
+            "target": self.target.kind(),
+            "keeps_points": self.target.keeps_points(),
+            "points": points,
+        }))
+    }
+
+    /// `rha scenario bookmark`: a recovery point named `name` (see the
+    /// module's documentation). `at_replica` takes it at the replica's
+    /// applied sequence instead of the master's; `wait` is how long to wait
+    /// for the replica to reach the master's sequence before answering that
+    /// the point is pending.
+    pub async fn bookmark(
+        self: &Arc<Self>,
+        name: &str,
+        at_replica: bool,
+        wait: Duration,
+    ) -> Result<serde_json::Value, (ErrorCode, String)> {
+        check_bookmark_name(name).map_err(|e| (ErrorCode::BadRequest, e))?;
+        if !self.target.keeps_points() {
+            return Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "scenario `{}` replicates to {} replica disks, which keep only `latest` (the disks as they are): bookmarks need a replica that keeps recovery points, such as Azure's blob snapshots",
+                    self.scenario.name,
+                    self.target.kind()
+                ),
+            ));
+        }
+        if self.run_state() == RunState::SwitchingOver {
+            return Err((
+                ErrorCode::WrongState,
+                "a switchover is under way: bookmark afterwards".into(),
+            ));
+        }
+        let tx = self
+            .apply_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let link = self.link();
+        let replicating = self.run_state() == RunState::Running && tx.is_some();
+        if replicating {
+            let consistent = self
+                .sink
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|d| d.sink().state().consistent);
+            if !consistent {
+                return Err((
+                    ErrorCode::WrongState,
+                    "the replica is being synchronised (not consistent): a recovery point now would not boot; bookmark once the scenario is replicating".into(),
+                ));
+            }
+        }
+        let (at, note, result) = match (tx, link) {
+            (Some(tx), Some(link)) if replicating && !at_replica => {
+                let r = self.bookmark_at_master(&tx, &link, name).await?;
+                ("master", None, r)
+            }
+            (Some(tx), _) if replicating => {
+                let (done, rx) = oneshot::channel();
+                tx.send(Item::AtApplied {
+                    name: name.to_owned(),
+                    done,
+                })
+                .await
+                .map_err(|_| (ErrorCode::Replica, "the replica writer stopped".to_string()))?;
+                let r = rx
+                    .await
+                    .map_err(|_| (ErrorCode::Replica, "the replica writer stopped".to_string()))?;
+                let note = (!at_replica).then(|| "the master is not connected: the point holds the replica as it is, which may miss changes the master made since".to_string());
+                ("replica", note, r)
+            }
+            _ => {
+                let me = self.clone();
+                let n = name.to_owned();
+                let r = tokio::task::spawn_blocking(move || {
+                    let disks = me.open_disks(None)?;
+                    let seq = disks.sink().state().applied;
+                    disks.bookmark(&n, seq).map(|p| (seq, p))
+                })
+                .await
+                .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+                let note = (!at_replica).then(|| {
+                    "the scenario is not replicating: the point holds the replica as it is"
+                        .to_string()
+                });
+                ("replica", note, r)
+            }
+        };
+        let (seq, point) = result.map_err(|e| (e.code(), e.to_string()))?;
+        let point = match point {
+            Some(p) => Some(p),
+            None => self.wait_for_point(name, seq, wait).await,
+        };
+        Ok(serde_json::json!({
+            "name": self.scenario.name,
+            "bookmark": name,
+            "seq": seq,
+            "at": at,
+            "taken": point.is_some(),
+            "point": point,
+            "note": note.or_else(|| point.is_none().then(|| format!(
+                "pending: the recovery point is taken when the replica has applied sequence {seq}"
+            ))),
+        }))
+    }
+
+    /// Holds the replica writer, asks the master for its sequence, records
+    /// the bookmark there, releases the writer.
+    async fn bookmark_at_master(
+        &self,
+        tx: &mpsc::Sender<Item>,
+        link: &Link,
+        name: &str,
+    ) -> Result<Result<(Seq, Option<PointInfo>), TargetError>, (ErrorCode, String)> {
+        let stopped = || (ErrorCode::Replica, "the replica writer stopped".to_string());
+        tx.send(Item::Hold).await.map_err(|_| stopped())?;
+        let json =
+            serde_json::json!({"command": "master_seq", "name": self.scenario.name}).to_string();
+        let asked = link
+            .request("MasterSeq", Duration::from_secs(60), |req| {
+                Message::Control { req, json }
+            })
+            .await;
+        let seq = match asked {
+            Ok(Message::ControlReply { json, .. }) => {
+                let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+                match v["seq"].as_u64() {
+                    Some(s) if v["ok"].as_bool() == Some(true) => Ok(s),
+                    _ => Err(format!(
+                        "the master did not say its sequence: {}",
+                        v["error"].as_str().unwrap_or("no answer")
+                    )),
+                }
+            }
+            Ok(other) => Err(format!("the master answered {}", other.name())),
+            Err(e) => Err(format!("the master did not answer: {e}")),
+        };
+        let seq = match seq {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Item::Release(None)).await;
+                return Err((
+                    ErrorCode::Master,
+                    format!("{e}; retry, or pass --replica to mark the replica as it is"),
+                ));
+            }
+        };
+        let (done, rx) = oneshot::channel();
+        tx.send(Item::Release(Some(BookmarkAsk {
+            name: name.to_owned(),
+            seq,
+            done,
+        })))
+        .await
+        .map_err(|_| stopped())?;
+        let r = rx.await.map_err(|_| stopped())?;
+        Ok(r.map(|p| (seq, p)))
+    }
+
+    /// Waits up to `wait` for the point of bookmark `name` at `seq`.
+    async fn wait_for_point(&self, name: &str, seq: Seq, wait: Duration) -> Option<PointInfo> {
+        let started = Instant::now();
+        loop {
+            let disks = self
+                .sink
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()?;
+            let applied = disks.sink().state().applied;
+            if applied >= seq {
+                let found = tokio::task::spawn_blocking(move || disks.points())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .and_then(|ps| {
+                        ps.into_iter()
+                            .filter(|p| p.name == name && p.seq == seq)
+                            .max_by_key(|p| p.created_ms)
+                    });
+                if found.is_some() {
+                    return found;
+                }
+            }
+            if started.elapsed() >= wait {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A point resolved for a VM.
+struct Resolved {
+    point: PointInfo,
+    sizes: Vec<u64>,
+    applied: Seq,
+}
+
+/// Bookmark names: what a blob's metadata and a command line carry well.
+fn check_bookmark_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(format!(
+            "bookmark name `{name}`: use 1 to 64 letters, digits, `-`, `_` or `.`"
+        ));
+    }
+    if name.eq_ignore_ascii_case("latest") || name.starts_with("seq:") {
+        return Err(format!(
+            "bookmark name `{name}` is reserved (`latest` and `seq:N` choose points): choose another"
+        ));
+    }
+    Ok(())
 }
 
 fn read_persisted(dir: &Path) -> Option<Persisted> {
@@ -832,47 +1132,129 @@ pub fn bracket(host: &str) -> String {
     }
 }
 
-/// Applies the master's requests to the replica disks, in order.
-#[allow(clippy::too_many_arguments)]
+/// What the replica writer is given, in order: the master's messages, and
+/// the appliance's own bookmark steps between them.
+pub(crate) enum Item {
+    /// A message of the master's.
+    Wire(Message),
+    /// Apply nothing more until [`Item::Release`]; messages keep queuing.
+    Hold,
+    /// Record a bookmark (when asked), then apply what queued meanwhile.
+    Release(Option<BookmarkAsk>),
+    /// A bookmark at the sequence applied when this item is reached.
+    AtApplied {
+        /// The bookmark's name.
+        name: String,
+        /// Where the sequence and the point (if taken) go.
+        done: oneshot::Sender<Result<(Seq, Option<PointInfo>), TargetError>>,
+    },
+}
+
+/// A bookmark to record at a sequence the master named.
+pub(crate) struct BookmarkAsk {
+    name: String,
+    seq: Seq,
+    done: oneshot::Sender<Result<Option<PointInfo>, TargetError>>,
+}
+
+/// What the replica writer needs besides the disks.
+struct ApplyContext<'a> {
+    dir: &'a Path,
+    journal_id: &'a str,
+    fresh: bool,
+    events: &'a Events,
+    applied_at: &'a Mutex<u64>,
+}
+
+/// Applies the master's requests to the replica disks, in order, answering
+/// through `reply`.
 fn apply_loop(
-    sink: &dyn ReplicaSink,
-    mut rx: mpsc::Receiver<Message>,
-    link: &Link,
-    dir: &Path,
-    journal_id: &str,
-    mut fresh: bool,
-    events: &Events,
-    applied_at: &Mutex<u64>,
+    disks: &dyn ReplicaDisks,
+    mut rx: mpsc::Receiver<Item>,
+    reply: &dyn Fn(Message),
+    ctx: &ApplyContext<'_>,
 ) {
-    let mut peer = LocalPeer::new(sink);
-    // The first failure of an unanswered Write/Zero, reported by the next answered request.
-    let mut failed: Option<String> = None;
-    let reply = |m: Message| {
-        let _ = link.send_blocking(m);
+    let mut w = Writer {
+        peer: LocalPeer::new(disks.sink()),
+        disks,
+        failed: None,
+        fresh: ctx.fresh,
+        reply,
+        ctx,
     };
-    let error = |req: u64, code: ErrorCode, e: String| Message::Error {
-        req,
-        code,
-        message: e,
-    };
-    while let Some(msg) = rx.blocking_recv() {
+    let mut held: Option<VecDeque<Message>> = None;
+    while let Some(item) = rx.blocking_recv() {
+        match item {
+            Item::Wire(m) => match held.as_mut() {
+                Some(q) => q.push_back(m),
+                None => w.handle(m),
+            },
+            Item::Hold => {
+                held.get_or_insert_with(VecDeque::new);
+            }
+            Item::Release(ask) => {
+                if let Some(a) = ask {
+                    let _ = a.done.send(disks.bookmark(&a.name, a.seq));
+                }
+                for m in held.take().unwrap_or_default() {
+                    w.handle(m);
+                }
+            }
+            Item::AtApplied { name, done } => {
+                let seq = disks.sink().state().applied;
+                let _ = done.send(disks.bookmark(&name, seq).map(|p| (seq, p)));
+            }
+        }
+    }
+    // The session ended while held: what arrived is still applied (it is
+    // idempotent, and a switchover wants every last batch).
+    for m in held.take().unwrap_or_default() {
+        w.handle(m);
+    }
+}
+
+/// The replica writer's state across messages.
+struct Writer<'a> {
+    peer: LocalPeer<'a>,
+    disks: &'a dyn ReplicaDisks,
+    /// The first failure of an unanswered Write/Zero, reported by the next answered request.
+    failed: Option<String>,
+    fresh: bool,
+    reply: &'a dyn Fn(Message),
+    ctx: &'a ApplyContext<'a>,
+}
+
+impl Writer<'_> {
+    fn handle(&mut self, msg: Message) {
+        let error = |req: u64, code: ErrorCode, e: String| Message::Error {
+            req,
+            code,
+            message: e,
+        };
+        let reply = self.reply;
+        let peer = &mut self.peer;
+        let failed = &mut self.failed;
+        let fresh = &mut self.fresh;
+        let ctx = self.ctx;
+        let (dir, journal_id, events, applied_at) =
+            (ctx.dir, ctx.journal_id, ctx.events, ctx.applied_at);
         match msg {
             Message::State { req } => match peer.state() {
                 Ok(s) => reply(Message::StateReply {
                     req,
                     applied: s.applied,
                     consistent: s.consistent,
-                    synced: s.synced && !fresh,
+                    synced: s.synced && !*fresh,
                 }),
                 Err(e) => reply(error(req, ErrorCode::Replica, e.to_string())),
             },
             Message::BeginSync { req, sizes } => {
-                failed = None;
+                *failed = None;
                 match peer.begin_sync(&sizes) {
                     Ok(()) => {
                         match super::write_atomic(&dir.join("journal-id"), journal_id.as_bytes()) {
                             Ok(()) => {
-                                fresh = false;
+                                *fresh = false;
                                 reply(Message::Ok { req })
                             }
                             Err(e) => reply(error(req, ErrorCode::Replica, e.to_string())),
@@ -891,7 +1273,7 @@ fn apply_loop(
                 data,
             } if failed.is_none() => {
                 if let Err(e) = peer.write(volume, offset, &data) {
-                    failed = Some(format!("writing volume {volume} at {offset}: {e}"));
+                    *failed = Some(format!("writing volume {volume} at {offset}: {e}"));
                 }
             }
             Message::Zero {
@@ -900,7 +1282,7 @@ fn apply_loop(
                 len,
             } if failed.is_none() => {
                 if let Err(e) = peer.zero(volume, offset, len) {
-                    failed = Some(format!("zeroing volume {volume} at {offset}: {e}"));
+                    *failed = Some(format!("zeroing volume {volume} at {offset}: {e}"));
                 }
             }
             // After a failure the rest of the synchronisation's data is
@@ -909,7 +1291,7 @@ fn apply_loop(
             Message::EndSync { req, base } => {
                 if let Some(f) = failed.take() {
                     reply(error(req, ErrorCode::Replica, f));
-                    continue;
+                    return;
                 }
                 match peer.end_sync(base) {
                     Ok(()) => reply(Message::Ok { req }),
@@ -931,27 +1313,10 @@ fn apply_loop(
                 }
                 Err(e) => reply(error(req, ErrorCode::Replica, e.to_string())),
             },
-            Message::Bookmark { req, name, seq } => {
-                let line =
-                    serde_json::json!({"name": name, "seq": seq, "time_ms": crate::link::now_ms()})
-                        .to_string();
-                let path = dir.join("bookmarks.jsonl");
-                let r = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .and_then(|mut f| {
-                        std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())
-                    });
-                match r {
-                    Ok(()) => reply(Message::Ok { req }),
-                    Err(e) => reply(error(
-                        req,
-                        ErrorCode::Replica,
-                        format!("{}: {e}", path.display()),
-                    )),
-                }
-            }
+            Message::Bookmark { req, name, seq } => match self.disks.bookmark(&name, seq) {
+                Ok(_) => reply(Message::Ok { req }),
+                Err(e) => reply(error(req, ErrorCode::Replica, e.to_string())),
+            },
             _ => {}
         }
     }
@@ -969,4 +1334,303 @@ async fn ended(rx: &mut watch::Receiver<RunState>) {
         .wait_for(|r| matches!(r, RunState::Stopped | RunState::SwitchedOver))
         .await
         .map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::collections::BTreeMap;
+
+    use rha_core::cloud::{CloudProvider, VmId, VmInfo, VmState};
+    use rha_core::journal::{Payload, Record};
+    use rha_core::scenario::Template;
+    use rha_core::sink::{MemSink, ReplicaSink};
+
+    use super::super::target::MockReplicaTarget;
+    use super::*;
+
+    mockall::mock! {
+        Provider {}
+        #[async_trait::async_trait]
+        impl CloudProvider for Provider {
+            fn kind(&self) -> &'static str;
+            async fn verify(&self, vm: &VmSpec) -> Result<Vec<String>, CloudError>;
+            async fn create_vm(&self, vm: &VmSpec) -> Result<VmInfo, CloudError>;
+            async fn vm_state(&self, id: &VmId) -> Result<VmState, CloudError>;
+            async fn stop_vm(&self, id: &VmId) -> Result<(), CloudError>;
+            async fn delete_vm(&self, id: &VmId) -> Result<(), CloudError>;
+        }
+    }
+
+    /// Disks in memory that keep points: a bookmark notes the applied
+    /// sequence it was recorded at.
+    struct Disks {
+        sink: MemSink,
+        bookmarks: Mutex<Vec<(String, Seq, Seq)>>,
+        points: Vec<PointInfo>,
+    }
+
+    impl Disks {
+        fn new(points: Vec<PointInfo>) -> Disks {
+            let sink = MemSink::new(&[1 << 20]).unwrap();
+            sink.begin_sync().unwrap();
+            sink.end_sync(0).unwrap();
+            sink.mark_consistent(0).unwrap();
+            Disks {
+                sink,
+                bookmarks: Mutex::new(Vec::new()),
+                points,
+            }
+        }
+    }
+
+    impl ReplicaDisks for Disks {
+        fn sink(&self) -> &dyn ReplicaSink {
+            &self.sink
+        }
+        fn locations(&self) -> Vec<String> {
+            vec!["https://acct.blob.core.windows.net/c/s/disk-0.vhd".into()]
+        }
+        fn bookmark(&self, name: &str, seq: Seq) -> Result<Option<PointInfo>, TargetError> {
+            let applied = self.sink.state().applied;
+            self.bookmarks
+                .lock()
+                .unwrap()
+                .push((name.to_owned(), seq, applied));
+            Ok(None)
+        }
+        fn points(&self) -> Result<Vec<PointInfo>, TargetError> {
+            Ok(self.points.clone())
+        }
+        fn resolve(&self, choice: &PointChoice) -> Result<PointInfo, TargetError> {
+            super::super::target::select_point(&self.points, choice)
+                .cloned()
+                .ok_or_else(|| super::super::target::unknown_point(choice, &self.points))
+        }
+    }
+
+    fn records(from: Seq, to: Seq) -> Vec<Record> {
+        (from..=to)
+            .map(|seq| Record {
+                seq,
+                volume: 0,
+                offset: seq * 4096,
+                payload: Payload::Data(vec![seq as u8; 4096]),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_batches_wait_for_the_bookmark() {
+        let t = tempfile::tempdir().unwrap();
+        let disks = Disks::new(Vec::new());
+        let (tx, rx) = mpsc::channel(16);
+        let (done, mut answer) = oneshot::channel();
+        let apply = |req: u64, from: Seq, to: Seq| {
+            Item::Wire(Message::Apply {
+                req,
+                records: records(from, to),
+            })
+        };
+        for item in [
+            apply(1, 1, 3),
+            Item::Hold,
+            apply(2, 4, 6),
+            Item::Release(Some(BookmarkAsk {
+                name: "b1".into(),
+                seq: 5,
+                done,
+            })),
+            apply(3, 7, 8),
+        ] {
+            tx.try_send(item).ok().unwrap();
+        }
+        drop(tx);
+        let replies = Mutex::new(Vec::new());
+        let reply = |m: Message| replies.lock().unwrap().push(m);
+        let events = Events::new();
+        let applied_at = Mutex::new(0);
+        apply_loop(
+            &disks,
+            rx,
+            &reply,
+            &ApplyContext {
+                dir: t.path(),
+                journal_id: "j",
+                fresh: false,
+                events: &events,
+                applied_at: &applied_at,
+            },
+        );
+        // Recorded before the held batch (4..6, which spans it) was applied.
+        assert_eq!(
+            *disks.bookmarks.lock().unwrap(),
+            vec![("b1".to_string(), 5, 3)]
+        );
+        assert!(matches!(answer.try_recv(), Ok(Ok(None))));
+        let acks: Vec<Seq> = replies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|m| match m {
+                Message::Applied { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acks, vec![3, 6, 8]);
+        assert_eq!(disks.sink.state().applied, 8);
+    }
+
+    #[test]
+    fn wire_bookmarks_and_at_applied_reach_the_target() {
+        let t = tempfile::tempdir().unwrap();
+        let disks = Disks::new(Vec::new());
+        let (tx, rx) = mpsc::channel(16);
+        let (done, mut answer) = oneshot::channel();
+        tx.try_send(Item::Wire(Message::Apply {
+            req: 1,
+            records: records(1, 2),
+        }))
+        .ok()
+        .unwrap();
+        tx.try_send(Item::Wire(Message::Bookmark {
+            req: 2,
+            name: "wire".into(),
+            seq: 4,
+        }))
+        .ok()
+        .unwrap();
+        tx.try_send(Item::AtApplied {
+            name: "now".into(),
+            done,
+        })
+        .ok()
+        .unwrap();
+        drop(tx);
+        let replies = Mutex::new(Vec::new());
+        let reply = |m: Message| replies.lock().unwrap().push(m);
+        let (events, applied_at) = (Events::new(), Mutex::new(0));
+        let ctx = ApplyContext {
+            dir: t.path(),
+            journal_id: "j",
+            fresh: false,
+            events: &events,
+            applied_at: &applied_at,
+        };
+        apply_loop(&disks, rx, &reply, &ctx);
+        assert_eq!(
+            *disks.bookmarks.lock().unwrap(),
+            vec![("wire".to_string(), 4, 2), ("now".to_string(), 2, 2)]
+        );
+        assert!(matches!(answer.try_recv(), Ok(Ok((2, None)))));
+        assert!(replies
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| matches!(m, Message::Ok { req: 2 })));
+    }
+
+    fn point(name: &str, seq: Seq) -> PointInfo {
+        PointInfo {
+            id: format!("p-{name}"),
+            name: name.into(),
+            seq,
+            created_ms: 1_700_000_000_000 + seq,
+            consistent: true,
+            disks: vec![format!(
+                "https://acct.blob.core.windows.net/c/s/disk-0.vhd?snapshot={seq}"
+            )],
+        }
+    }
+
+    fn appliance(dir: &Path, target: MockReplicaTarget) -> Arc<ApplianceScenario> {
+        let s = Scenario::template(Template::Azure);
+        let text = s.to_toml_string().unwrap();
+        ApplianceScenario::new(dir, s, text, Arc::new(target)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn vm_start_makes_the_vm_from_the_chosen_point() {
+        let t = tempfile::tempdir().unwrap();
+        let disks: Arc<dyn ReplicaDisks> = Arc::new(Disks::new(vec![
+            point("nightly", 10),
+            point("before-upgrade", 20),
+        ]));
+        let mut provider = MockProvider::new();
+        provider.expect_kind().return_const("azure");
+        provider.expect_delete_vm().never();
+        provider
+            .expect_create_vm()
+            .withf(|spec: &VmSpec| {
+                spec.disks.len() == 1
+                    && spec.disks[0].location.ends_with("?snapshot=20")
+                    && spec.disks[0].system
+                    && spec.disks[0].size == 1 << 20
+                    && spec.recovery_point.as_deref() == Some("before-upgrade seq 20")
+            })
+            .times(1)
+            .returning(|spec| {
+                Ok(VmInfo {
+                    id: VmId(format!("/subscriptions/s/vm/{}", spec.name)),
+                    name: spec.name.clone(),
+                    state: VmState::Running,
+                    details: BTreeMap::new(),
+                })
+            });
+        let provider: Arc<dyn CloudProvider> = Arc::new(provider);
+        let mut target = MockReplicaTarget::new();
+        target.expect_kind().return_const("azure");
+        target
+            .expect_location()
+            .return_const("https://acct/c/s/".to_string());
+        target.expect_keeps_points().return_const(true);
+        target.expect_open().returning(move |_| Ok(disks.clone()));
+        target
+            .expect_provider()
+            .returning(move || Ok(provider.clone()));
+        target.expect_replaced_vm().return_const(None);
+        let a = appliance(t.path(), target);
+        a.set_run(RunState::Stopped);
+        let e = a
+            .vm_start(&PointChoice::Named("no-such".into()), false)
+            .await
+            .unwrap_err();
+        assert_eq!(e.0, ErrorCode::BadRequest, "{}", e.1);
+        assert!(
+            e.1.contains("before-upgrade (p-before-upgrade, seq 20)"),
+            "{}",
+            e.1
+        );
+        let r = a
+            .vm_start(&PointChoice::Named("before-upgrade".into()), false)
+            .await
+            .unwrap();
+        assert_eq!(r["recovery_point"]["name"], "before-upgrade", "{r:#}");
+        assert_eq!(r["recovery_point_seq"], 20);
+        assert_eq!(r["provider"], "azure");
+        assert_eq!(r["recovery_point_time_ms"], 1_700_000_000_020u64);
+    }
+
+    #[tokio::test]
+    async fn bookmarks_need_a_target_that_keeps_points() {
+        let t = tempfile::tempdir().unwrap();
+        let mut target = MockReplicaTarget::new();
+        target.expect_kind().return_const("local");
+        target.expect_keeps_points().return_const(false);
+        target.expect_open().never();
+        let a = appliance(t.path(), target);
+        let e = a
+            .bookmark("nightly", false, Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert_eq!(e.0, ErrorCode::BadRequest);
+        assert!(e.1.contains("keep only `latest`"), "{}", e.1);
+        let e = a
+            .bookmark("bad name!", false, Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(e.1.contains("letters, digits"), "{}", e.1);
+        assert!(check_bookmark_name("latest").is_err());
+        assert!(check_bookmark_name("before-upgrade.2").is_ok());
+    }
 }
