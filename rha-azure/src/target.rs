@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use rha_core::cloud::{CloudProvider, VmId};
 use rha_core::scenario::{Replica, Scenario};
 use rha_core::sink::ReplicaSink;
+use rha_core::volume::Volume;
 use rha_core::Seq;
 use rha_transport::engine::target::{select_point, unknown_point};
 use rha_transport::engine::{
@@ -33,8 +34,12 @@ use rha_transport::engine::{
 };
 
 use crate::account::{AccountError, AccountStore, AzureAccount};
-use crate::arm::{ArmOptions, SdkArm};
+use crate::arm::{
+    ArmError, ArmErrorKind, ArmOptions, AzureApi, BlobProbe, Created, DiskImport, NicSpec,
+    PowerAction, PublicIpSpec, ResourceKind, SdkArm, VmCreate, VmResource,
+};
 use crate::error::{AzureError, AzureErrorKind};
+use crate::page_blob::PageBlobVolume;
 use crate::points::{PointSelector, RecoveryPoint};
 use crate::provider::{AzureProvider, AzureTarget};
 use crate::sink::{PageBlobSink, SinkConfig};
@@ -266,12 +271,121 @@ impl ReplicaTarget for AzureReplicaTarget {
             .map_err(|e| config(&self.scenario, e.to_string()))?;
         let target = AzureTarget::from_scenario(&self.scenario, &self.account.subscription_id)
             .map_err(|e| config(&self.scenario, e.to_string()))?;
+        let api = StoreProbe {
+            inner: Arc::new(api),
+            store: self.store.clone(),
+        };
         Ok(Arc::new(AzureProvider::new(Arc::new(api), target)))
     }
 
     fn replaced_vm(&self, _vm_name: &str) -> Option<VmId> {
         // An Azure VM may hold what was written since it was made: never replaced.
         None
+    }
+}
+
+/// Resource Manager as `inner` has it, but replica blobs of `store`'s
+/// container are checked through the store (its credentials, its retries;
+/// Azurite's development account in tests) rather than with a bare token.
+struct StoreProbe {
+    inner: Arc<dyn AzureApi>,
+    store: BlobStore,
+}
+
+impl StoreProbe {
+    /// `(blob name, snapshot)` of a URL in the store's container.
+    fn blob_of(&self, url: &str) -> Option<(String, Option<String>)> {
+        let base = format!("{}/", self.store.container_url().trim_end_matches('/'));
+        let rest = url.strip_prefix(&base)?;
+        let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let snapshot = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("snapshot="))
+            .map(str::to_owned);
+        Some((name.to_owned(), snapshot))
+    }
+}
+
+#[async_trait::async_trait]
+impl AzureApi for StoreProbe {
+    fn subscription_id(&self) -> &str {
+        self.inner.subscription_id()
+    }
+    fn arm_calls(&self) -> u64 {
+        self.inner.arm_calls()
+    }
+    async fn get_vm(
+        &self,
+        resource_group: &str,
+        name: &str,
+        instance_view: bool,
+    ) -> Result<Option<VmResource>, ArmError> {
+        self.inner.get_vm(resource_group, name, instance_view).await
+    }
+    async fn list_vms(&self, location: &str) -> Result<Vec<VmResource>, ArmError> {
+        self.inner.list_vms(location).await
+    }
+    async fn get_subnet(&self, subnet_id: &str) -> Result<Option<String>, ArmError> {
+        self.inner.get_subnet(subnet_id).await
+    }
+    async fn create_disk(&self, disk: &DiskImport) -> Result<Created, ArmError> {
+        self.inner.create_disk(disk).await
+    }
+    async fn create_public_ip(&self, ip: &PublicIpSpec) -> Result<Created, ArmError> {
+        self.inner.create_public_ip(ip).await
+    }
+    async fn create_nic(&self, nic: &NicSpec) -> Result<Created, ArmError> {
+        self.inner.create_nic(nic).await
+    }
+    async fn create_vm(&self, vm: &VmCreate) -> Result<Created, ArmError> {
+        self.inner.create_vm(vm).await
+    }
+    async fn power(
+        &self,
+        resource_group: &str,
+        name: &str,
+        action: PowerAction,
+    ) -> Result<(), ArmError> {
+        self.inner.power(resource_group, name, action).await
+    }
+    async fn delete(
+        &self,
+        kind: ResourceKind,
+        resource_group: &str,
+        name: &str,
+    ) -> Result<(), ArmError> {
+        self.inner.delete(kind, resource_group, name).await
+    }
+    async fn probe_blob(&self, url: &str) -> Result<BlobProbe, ArmError> {
+        let Some((name, snapshot)) = self.blob_of(url) else {
+            return self.inner.probe_blob(url).await;
+        };
+        let store = self.store.clone();
+        let opened = tokio::task::spawn_blocking(move || match snapshot {
+            Some(s) => PageBlobVolume::open_snapshot(&store, &name, &s),
+            None => PageBlobVolume::open(&store, &name, None, false),
+        })
+        .await
+        .map_err(|e| {
+            ArmError::new(
+                "check replica blob",
+                url,
+                ArmErrorKind::Unexpected(e.to_string()),
+            )
+        })?;
+        match opened {
+            Ok(v) => Ok(BlobProbe::Found {
+                length: v.size() + 512,
+                blob_type: "PageBlob".into(),
+                vhd_size: Some(v.size()),
+            }),
+            Err(e) if matches!(e.kind, AzureErrorKind::NotFound) => Ok(BlobProbe::Missing),
+            Err(e) => Err(ArmError::new(
+                "check replica blob",
+                url,
+                ArmErrorKind::Unexpected(e.to_string()),
+            )),
+        }
     }
 }
 
@@ -385,5 +499,40 @@ mod tests {
         .unwrap();
         assert_eq!(format!("{e:?}"), "Emulator(127.0.0.1:10123)");
         assert!(blob_endpoint(&account(Some("not a url")), "x").is_err());
+    }
+
+    #[test]
+    fn probes_of_the_replica_container_go_through_the_store() {
+        let store = BlobStore::connect_lazily(StoreConfig::new(
+            Endpoint::Emulator {
+                host: "127.0.0.1".into(),
+                port: 10000,
+            },
+            "replicas",
+        ))
+        .unwrap();
+        let base = store.container_url().trim_end_matches('/').to_owned();
+        let api = crate::arm::MockAzureApi::new();
+        let p = StoreProbe {
+            inner: Arc::new(api),
+            store,
+        };
+        assert_eq!(
+            p.blob_of(&format!("{base}/web/disk-0.vhd")),
+            Some(("web/disk-0.vhd".into(), None))
+        );
+        assert_eq!(
+            p.blob_of(&format!(
+                "{base}/web/disk-0.vhd?snapshot=2026-01-01T00:00:00.0000000Z"
+            )),
+            Some((
+                "web/disk-0.vhd".into(),
+                Some("2026-01-01T00:00:00.0000000Z".into())
+            ))
+        );
+        assert_eq!(
+            p.blob_of("https://other.blob.core.windows.net/c/disk.vhd"),
+            None
+        );
     }
 }

@@ -348,6 +348,9 @@ async fn master_on_files_replica_in_azure_bookmark_switchover_vm_start() {
     )
     .await;
     assert_eq!(r["provider"], "azure", "{r:#}");
+    // The replica blobs were checked through the blob store (page blob, VHD footer).
+    let warnings = r["details"]["warnings"].as_str().unwrap_or("");
+    assert!(!warnings.contains("not checked"), "{r:#}");
     assert_eq!(r["recovery_point"]["name"], "latest", "{r:#}");
     assert_eq!(
         r["recovery_point_seq"].as_u64(),
