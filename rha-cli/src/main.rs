@@ -3,8 +3,8 @@
 //! ```text
 //! rha demo       two engines on loopback: protect an ext4 disk, replicate live writes, switch over
 //! rha engine     run an engine (master and/or appliance role)
-//! rha scenario   new | validate | run | stop | status | switchover
-//! rha vm start   start the replica VM of a stopped scenario
+//! rha scenario   new | validate | run | stop | status | bookmark | points | switchover
+//! rha vm start   start the replica VM of a stopped scenario (from a recovery point)
 //! rha cert       make the scenario CA and engine/operator certificates
 //! rha sync       synchronise two images offline (block- or volume-level)
 //! rha vhd        make, check or strip a fixed VHD footer
