@@ -230,6 +230,16 @@ async fn master_on_files_replica_in_azure_bookmark_switchover_vm_start() {
     );
     let store = page_blob_support::store_on(azurite, &container);
 
+    // Engine verification: the master's volume, the appliance's account.
+    let v = json_async(
+        &certs,
+        &accounts,
+        &["scenario", "validate", file.to_str().unwrap(), "--json"],
+    )
+    .await;
+    assert_eq!(v["valid"], true, "{v:#}");
+    assert_eq!(v["master"]["volumes"][0]["size"], 32 * MIB, "{v:#}");
+
     // Synchronisation while the master writes, then live replication.
     let (c2, f2, i2, d2, a2, acc2) = (
         certs.clone(),
