@@ -16,7 +16,7 @@ mod page_blob_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use rha_azure::arm::fake::{FakeAzure, FakeConfig};
@@ -438,7 +438,30 @@ async fn master_on_files_replica_in_azure_bookmark_switchover_vm_start() {
     assert_eq!(v["disks"][0].as_str(), Some(snap_url.as_str()), "{v:#}");
     assert_eq!(imports(&fake).last(), Some(&snap_url));
     assert!(fake.resource(v["vm_id"].as_str().unwrap()).is_some());
-    let started = Instant::now();
     drop(appliance);
-    eprintln!("done; teardown {:?}", started.elapsed());
+
+    // Without an engine: `rha cloud vm create` resolves the point from the container.
+    let (acc2, f2) = (accounts.clone(), file.clone());
+    let o = blocking(move || {
+        let cloud = |args: &[&str]| {
+            rha()
+                .args(["cloud", "--store"])
+                .arg(&acc2)
+                .args(args)
+                .arg(&f2)
+                .output()
+                .unwrap()
+        };
+        let o = cloud(&["vm", "delete", "--delete-disks", "--scenario"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        cloud(&["vm", "create", "--point", "before-upgrade", "--json"])
+    })
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(imports(&fake).last(), Some(&snap_url));
+    let created: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        fake.resource(created["vm_id"].as_str().unwrap()).is_some(),
+        "{created:#}"
+    );
 }
