@@ -3,10 +3,11 @@
 //!
 //! ```text
 //!   write splitter ──append()──► [mark ChangeLog B] ──► [append record to segment] ──► Appended
-//!                                 (fdatasync only        (fdatasync per FsyncPolicy)
-//!                                  on a new bit, one
-//!                                  for all concurrent
-//!                                  writers)
+//!                                 (fdatasync only        (fdatasync per FsyncPolicy,
+//!                                  on a new bit, one      outside the lock: one for all
+//!                                  for all concurrent     concurrent appenders under
+//!                                  writers)               Always, a background thread
+//!                                                         under Interval)
 //!   replicator ──read_after(acked)──► records ──► replica applies ──► acknowledge(upto)
 //!                                                                     (rotate A/B at most once
 //!                                                                      per changelog_rotation;
@@ -23,6 +24,11 @@
 //!   reused, across restarts, acknowledgements and overflows.
 //! - With [`FsyncPolicy::Always`], a record is on stable storage when
 //!   [`Journal::append`] returns; a `kill -9` or power loss loses no such record.
+//!   Readers ([`Journal::read_after`], [`Journal::last_seq`]) see a record
+//!   only once it is as durable as the policy promises.
+//! - [`Journal::durable`] never reports a record whose fdatasync (and that of
+//!   every segment before it, and of the directory entry of a new segment)
+//!   has not finished.
 //! - Every write's regions are durably marked in the change log before its
 //!   record is written, so the change log covers every write that is not
 //!   acknowledged, including writes lost to overflow or to a crash.
@@ -116,7 +122,8 @@ impl Record {
 pub enum FsyncPolicy {
     /// Before [`Journal::append`] returns. Survives power loss.
     Always,
-    /// On an append at least this long after the previous sync, and on
+    /// In the background, by a thread of the journal that syncs what was
+    /// appended at least this often (writers never wait for it), and on
     /// [`Journal::sync`] / [`Journal::close`].
     Interval(Duration),
     /// Only on [`Journal::sync`] / [`Journal::close`].
@@ -365,14 +372,73 @@ pub const LOCK_FILE: &str = "lock";
 /// All methods take `&self`; one internal lock orders appends,
 /// acknowledgements and change-log rotations. Reads hold the lock only to
 /// find and open the segments they need. The fdatasync of new change-log
-/// marks and the state file written by [`Journal::acknowledge`] happen
-/// outside it, so writers do not wait for the replicator's I/O, and one
-/// fdatasync covers the marks of every writer that waited for it.
+/// marks, the fdatasync of the segments and the state file written by
+/// [`Journal::acknowledge`] happen outside it, so writers do not wait for
+/// the disk nor for the replicator's I/O, and one fdatasync covers the
+/// marks (or records) of every writer that waited for it.
 pub struct Journal {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     marks: MarkSync,
+    /// Group commit of the segments (see [`Commit`]).
+    commit: Arc<Commit>,
+    /// The background sync thread of [`FsyncPolicy::Interval`].
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Serialises state-file writes (see [`StateWriter`]).
     writer: Arc<StateWriter>,
+}
+
+/// Group commit of the segment files: one fdatasync at a time, run without
+/// the journal's lock for every record appended before it took the file
+/// handles; "durable up to seq N" is recorded only after it finished.
+#[derive(Debug, Default)]
+struct Commit {
+    state: Mutex<CommitState>,
+    /// Signalled when a sync finishes (or the flusher is to stop).
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct CommitState {
+    /// Every record with a seq up to this one is on stable storage.
+    durable: Seq,
+    /// A thread is fdatasyncing segments now.
+    syncing: bool,
+    /// A failed fdatasync: the segments' state on disk is unknown.
+    failed: Option<String>,
+    /// Number of segment syncs run so far (for tests and statistics).
+    syncs: u64,
+    /// The background flusher is to stop.
+    stopping: bool,
+}
+
+impl Commit {
+    fn lock(&self) -> MutexGuard<'_, CommitState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The file handles one segment sync covers, taken under the journal's
+/// lock and synced after dropping it.
+#[derive(Debug, Default)]
+struct SyncBatch {
+    /// Segments with unsynced writes, oldest first (the active one last).
+    files: Vec<(Arc<File>, PathBuf)>,
+    /// The directory, when segment files were created or deleted.
+    dir: Option<PathBuf>,
+    /// The last seq written before the handles were taken.
+    upto: Seq,
+}
+
+impl SyncBatch {
+    fn run(&self) -> Result<(), JournalError> {
+        for (f, path) in &self.files {
+            f.sync_data().map_err(io("fdatasync segment", path))?;
+        }
+        if let Some(dir) = &self.dir {
+            state::fsync_dir(dir)?;
+        }
+        Ok(())
+    }
 }
 
 /// Group commit of change-log marks: the first writer that needs its marks
@@ -444,7 +510,8 @@ impl std::fmt::Debug for Journal {
         f.debug_struct("Journal")
             .field("dir", &inner.dir)
             .field("config", &inner.config)
-            .field("last_seq", &inner.last_seq)
+            .field("last_seq", &inner.visible)
+            .field("written", &inner.written)
             .field("acknowledged", &inner.state.acknowledged)
             .field("bytes", &inner.unacked_bytes)
             .field("segments", &inner.segments.len())
@@ -459,15 +526,18 @@ struct Inner {
     config: JournalConfig,
     segments: VecDeque<Segment>,
     /// Open handle on the last segment, for appending.
-    active: Option<File>,
+    active: Option<Arc<File>>,
     /// The active segment has writes not yet fdatasync'ed.
     active_dirty: bool,
     /// Earlier segments with writes not yet fdatasync'ed.
-    unsynced: Vec<File>,
+    unsynced: Vec<(Arc<File>, PathBuf)>,
     /// Segment files were created or deleted since the directory was fsync'ed.
     dir_dirty: bool,
-    last_sync: Instant,
-    last_seq: Seq,
+    /// The last seq handed out to a record (written to a segment).
+    written: Seq,
+    /// The last seq readers may see: `last_seq`, except under
+    /// [`FsyncPolicy::Always`] where a record becomes visible once synced.
+    visible: Seq,
     state: State,
     changelog: ChangeLog,
     unacked_bytes: u64,
@@ -742,14 +812,21 @@ impl Journal {
             }
         }
         state::fsync_dir(&dir)?;
+        // What a previous process wrote may still be only in the page cache:
+        // make it durable before reporting it so.
+        for seg in &segments {
+            File::open(&seg.path)
+                .and_then(|f| f.sync_data())
+                .map_err(io("fdatasync segment", &seg.path))?;
+        }
 
         let active = match segments.back() {
-            Some(seg) => Some(
+            Some(seg) => Some(Arc::new(
                 OpenOptions::new()
                     .append(true)
                     .open(&seg.path)
                     .map_err(io("open segment for appending", &seg.path))?,
-            ),
+            )),
             None => None,
         };
         let records = segments.iter().map(|s| s.offsets.len() as u64).sum();
@@ -762,8 +839,8 @@ impl Journal {
             active_dirty: false,
             unsynced: Vec::new(),
             dir_dirty: false,
-            last_sync: Instant::now(),
-            last_seq,
+            written: last_seq,
+            visible: last_seq,
             state: st,
             changelog,
             unacked_bytes: 0,
@@ -785,14 +862,49 @@ impl Journal {
             needs_resync: inner.state.needs_resync,
             warnings,
         };
-        Ok((
-            Journal {
-                inner: Mutex::new(inner),
-                marks: MarkSync::default(),
-                writer,
-            },
-            recovery,
-        ))
+        let interval = match inner.config.fsync {
+            FsyncPolicy::Interval(d) => Some(d),
+            _ => None,
+        };
+        let dir = inner.dir.clone();
+        let journal = Journal {
+            inner: Arc::new(Mutex::new(inner)),
+            marks: MarkSync::default(),
+            commit: Arc::new(Commit {
+                state: Mutex::new(CommitState {
+                    durable: last_seq,
+                    ..CommitState::default()
+                }),
+                done: Condvar::new(),
+            }),
+            flusher: Mutex::new(None),
+            writer,
+        };
+        if let Some(every) = interval {
+            let (inner, commit) = (journal.inner.clone(), journal.commit.clone());
+            let handle = std::thread::Builder::new()
+                .name("rha-journal-sync".into())
+                .spawn(move || flush_every(&inner, &commit, every))
+                .map_err(io("start the journal's sync thread for", &dir))?;
+            *journal.flusher_slot() = Some(handle);
+        }
+        Ok((journal, recovery))
+    }
+
+    fn flusher_slot(&self) -> MutexGuard<'_, Option<std::thread::JoinHandle<()>>> {
+        self.flusher.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the background sync thread (if any) and waits for its last sync.
+    fn stop_flusher(&self) {
+        let Some(handle) = self.flusher_slot().take() else {
+            return;
+        };
+        self.commit.lock().stopping = true;
+        self.commit.done.notify_all();
+        if handle.join().is_err() {
+            tracing::warn!("the journal's sync thread panicked");
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -847,7 +959,17 @@ impl Journal {
             inner.changelog.check_range(volume, offset, len)?;
             // The change log first: it must cover the write whatever happens next.
             match inner.changelog.mark(volume, offset, len)? {
-                None => return inner.append(volume, offset, payload),
+                None => {
+                    let appended = inner.append(volume, offset, payload)?;
+                    let always = inner.config.fsync == FsyncPolicy::Always;
+                    drop(inner);
+                    if let (Appended::Logged(seq), true) = (appended, always) {
+                        // Group commit: share one fdatasync with every
+                        // appender that wrote meanwhile.
+                        commit(&self.inner, &self.commit, seq)?;
+                    }
+                    return Ok(appended);
+                }
                 Some(gen) => {
                     drop(inner);
                     self.marks_durable(gen)?;
@@ -916,9 +1038,21 @@ impl Journal {
         res
     }
 
-    /// Forces every appended record to stable storage.
+    /// Forces every appended record to stable storage (waiting for a sync
+    /// in flight, or running one outside the journal's lock).
     pub fn sync(&self) -> Result<(), JournalError> {
-        self.lock().sync()
+        let target = {
+            let inner = self.lock();
+            inner.check_failed()?;
+            inner.written
+        };
+        commit(&self.inner, &self.commit, target)
+    }
+
+    /// Every record with a seq up to this one is on stable storage: its
+    /// fdatasync (and that of the segments before it) has finished.
+    pub fn durable(&self) -> Seq {
+        self.commit.lock().durable
     }
 
     /// Up to `max_bytes` of payload from the records with seq > `after`, in
@@ -935,7 +1069,8 @@ impl Journal {
         let mut plan: Vec<(PathBuf, File, u64, u64, Seq)> = Vec::new();
         {
             let inner = self.lock();
-            if after >= inner.last_seq {
+            let visible = inner.visible;
+            if after >= visible {
                 return Ok(Vec::new());
             }
             let wanted = after + 1;
@@ -946,7 +1081,7 @@ impl Journal {
                 .filter(|s| s.last_seq().is_some_and(|l| l >= wanted))
                 .map(|s| s.first_seq.max(wanted))
                 .next()
-                .unwrap_or(inner.last_seq + 1);
+                .unwrap_or(visible + 1);
             if next != wanted {
                 return Err(JournalError::Gap {
                     wanted,
@@ -955,9 +1090,15 @@ impl Journal {
             }
             for seg in &inner.segments {
                 let Some(last) = seg.last_seq() else { continue };
-                if last < wanted {
+                if last < wanted || seg.first_seq > visible {
                     continue;
                 }
+                // Records after `visible` are not synced yet (FsyncPolicy::Always).
+                let end = if last > visible {
+                    seg.offsets[(visible + 1 - seg.first_seq) as usize]
+                } else {
+                    seg.len
+                };
                 let (start, seq) = if seg.first_seq >= wanted {
                     (seg.offsets[0], seg.first_seq)
                 } else {
@@ -965,7 +1106,7 @@ impl Journal {
                 };
                 let file =
                     File::open(&seg.path).map_err(io("open segment for reading", &seg.path))?;
-                plan.push((seg.path.clone(), file, start, seg.len, seq));
+                plan.push((seg.path.clone(), file, start, end, seq));
             }
         }
         let mut out = Vec::new();
@@ -1069,9 +1210,10 @@ impl Journal {
         self.lock().state.acknowledged
     }
 
-    /// The highest seq handed out so far (0 if none).
+    /// The highest seq readers can see (0 if none): the last one appended,
+    /// or under [`FsyncPolicy::Always`] the last one appended and synced.
     pub fn last_seq(&self) -> Seq {
-        self.lock().last_seq
+        self.lock().visible
     }
 
     /// The configured bound on unacknowledged bytes ([`JournalConfig::max_bytes`]).
@@ -1103,7 +1245,7 @@ impl Journal {
     pub fn resync_started(&self) -> Result<Seq, JournalError> {
         let mut inner = self.lock();
         inner.resync = Some((inner.discards, inner.rotations));
-        Ok(inner.last_seq)
+        Ok(inner.visible)
     }
 
     /// Ends a resync started at `base`: acknowledges through `base`, clears
@@ -1116,10 +1258,93 @@ impl Journal {
 
     /// Syncs everything and records a clean shutdown.
     pub fn close(self) -> Result<(), JournalError> {
+        // After this no sync is in flight: `self` is owned here.
+        self.stop_flusher();
         let mut inner = self.lock();
-        inner.sync()?;
+        inner.check_failed()?;
+        let batch = inner.take_batch();
+        if let Err(e) = batch.run() {
+            inner.failed = Some(e.to_string());
+            return Err(e);
+        }
         inner.state.clean_shutdown = true;
         inner.persist_state()
+    }
+}
+
+impl Drop for Journal {
+    /// Stops the background sync thread; what it had not synced is synced
+    /// by the next [`Journal::open`].
+    fn drop(&mut self) {
+        self.stop_flusher();
+    }
+}
+
+/// Returns once every record up to `target` is durable: waits for the sync
+/// in flight, or runs one (without the journal's lock) for every record
+/// written so far. Lock order: the journal's lock is never taken while
+/// holding the commit state's lock.
+fn commit(inner: &Mutex<Inner>, commit: &Commit, target: Seq) -> Result<(), JournalError> {
+    let lock_inner = || inner.lock().unwrap_or_else(|e| e.into_inner());
+    let mut st = commit.lock();
+    loop {
+        if let Some(reason) = st.failed.clone() {
+            drop(st);
+            return Err(JournalError::Failed {
+                path: lock_inner().dir.clone(),
+                reason,
+            });
+        }
+        if st.durable >= target {
+            return Ok(());
+        }
+        if !st.syncing {
+            break;
+        }
+        st = commit.done.wait(st).unwrap_or_else(|e| e.into_inner());
+    }
+    st.syncing = true;
+    drop(st);
+    let batch = lock_inner().take_batch();
+    let res = batch.run();
+    {
+        // Readers see the records before any appender is told they are durable.
+        let mut inner = lock_inner();
+        match &res {
+            Ok(()) => inner.visible = inner.visible.max(batch.upto.min(inner.written)),
+            Err(e) => inner.sync_failed(e),
+        }
+    }
+    let mut st = commit.lock();
+    st.syncing = false;
+    st.syncs += 1;
+    match &res {
+        Ok(()) => st.durable = st.durable.max(batch.upto),
+        Err(e) => st.failed = Some(e.to_string()),
+    }
+    commit.done.notify_all();
+    res
+}
+
+/// The background sync of [`FsyncPolicy::Interval`]: every `every`, syncs
+/// what was appended since the last sync, until the journal is dropped.
+fn flush_every(inner: &Mutex<Inner>, state: &Commit, every: Duration) {
+    loop {
+        {
+            let st = state.lock();
+            let (st, _) = state
+                .done
+                .wait_timeout_while(st, every, |s| !s.stopping)
+                .unwrap_or_else(|e| e.into_inner());
+            if st.stopping || st.failed.is_some() {
+                return;
+            }
+        }
+        let target = inner.lock().unwrap_or_else(|e| e.into_inner()).written;
+        if let Err(e) = commit(inner, state, target) {
+            tracing::warn!("journal background sync failed: {e}");
+            return;
+        }
     }
 }
 
@@ -1148,7 +1373,7 @@ impl Inner {
 
     /// A new version of the state, to persist (in version order) with [`StateWriter`].
     fn state_snapshot(&mut self) -> (u64, State) {
-        self.state.seq_floor = self.last_seq;
+        self.state.seq_floor = self.written;
         self.state_version += 1;
         (self.state_version, self.state.clone())
     }
@@ -1160,7 +1385,7 @@ impl Inner {
         payload: PayloadRef<'_>,
     ) -> Result<Appended, JournalError> {
         // The caller checked the range and made its marks durable.
-        let seq = self.last_seq + 1;
+        let seq = self.written + 1;
         let rec_len = payload.encoded_len() as u64;
         if self.unacked_bytes + rec_len > self.config.max_bytes {
             self.overflow(rec_len)?;
@@ -1169,29 +1394,21 @@ impl Inner {
         self.ensure_segment(seq, rec_len)?;
         self.buf.clear();
         record::encode_parts(seq, volume, offset, payload, &mut self.buf);
-        let (Some(seg), Some(file)) = (self.segments.back(), self.active.as_mut()) else {
+        let (Some(seg), Some(file)) = (self.segments.back(), self.active.as_ref()) else {
             return Err(JournalError::Failed {
                 path: self.dir.clone(),
                 reason: "no active segment after creating one".into(),
             });
         };
         let (path, start) = (seg.path.clone(), seg.len);
-        let mut res = file
+        // No fdatasync here, under the lock: under Always the caller waits
+        // for a group commit after dropping it, and the record stays
+        // invisible to readers until then; under Interval a background
+        // thread syncs.
+        let res = (&**file)
             .write_all(&self.buf)
             .map_err(io("append record", &path));
         self.active_dirty = true;
-        if res.is_ok() {
-            let due = match self.config.fsync {
-                FsyncPolicy::Always => true,
-                FsyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
-                FsyncPolicy::Never => false,
-            };
-            if due {
-                // Before the record is indexed: readers must never ship a
-                // record that is not yet as durable as the policy promises.
-                res = self.sync();
-            }
-        }
         if let Err(e) = res {
             // Cut off whatever part of the record reached the file.
             let cut = match &self.active {
@@ -1210,7 +1427,10 @@ impl Inner {
             seg.offsets.push(start);
             seg.len = start + rec_len;
         }
-        self.last_seq = seq;
+        self.written = seq;
+        if self.config.fsync != FsyncPolicy::Always {
+            self.visible = seq;
+        }
         self.unacked_bytes += rec_len;
         Ok(Appended::Logged(seq))
     }
@@ -1233,7 +1453,9 @@ impl Inner {
         }
         if let Some(old) = self.active.take() {
             if self.active_dirty {
-                self.unsynced.push(old);
+                if let Some(seg) = self.segments.back() {
+                    self.unsynced.push((old, seg.path.clone()));
+                }
             }
             self.active_dirty = false;
         }
@@ -1247,7 +1469,7 @@ impl Inner {
             .map_err(io("write segment header", &path))?;
         self.dir_dirty = true;
         self.active_dirty = true;
-        self.active = Some(file);
+        self.active = Some(Arc::new(file));
         self.segments.push_back(Segment {
             first_seq: seq,
             path,
@@ -1257,32 +1479,39 @@ impl Inner {
         Ok(())
     }
 
-    /// Syncs everything pending; after a failure the journal refuses
-    /// further appends (the page cache state is unknown after a failed fsync).
-    fn sync(&mut self) -> Result<(), JournalError> {
-        let res = self.sync_inner();
-        if let Err(e) = &res {
-            self.failed = Some(e.to_string());
-        }
-        res
-    }
-
-    fn sync_inner(&mut self) -> Result<(), JournalError> {
-        for f in self.unsynced.drain(..) {
-            f.sync_data().map_err(io("fdatasync segment", &self.dir))?;
-        }
+    /// Takes the handles of every segment written since the last batch (to
+    /// sync without the lock) and clears their dirty marks: from here on
+    /// they are the batch's to sync, and only one batch runs at a time.
+    fn take_batch(&mut self) -> SyncBatch {
+        let mut files: Vec<(Arc<File>, PathBuf)> = self.unsynced.drain(..).collect();
         if self.active_dirty {
             if let (Some(f), Some(seg)) = (&self.active, self.segments.back()) {
-                f.sync_data().map_err(io("fdatasync segment", &seg.path))?;
+                files.push((f.clone(), seg.path.clone()));
             }
             self.active_dirty = false;
         }
-        if self.dir_dirty {
-            state::fsync_dir(&self.dir)?;
-            self.dir_dirty = false;
+        let dir = self.dir_dirty.then(|| self.dir.clone());
+        self.dir_dirty = false;
+        SyncBatch {
+            files,
+            dir,
+            upto: self.written,
         }
-        self.last_sync = Instant::now();
-        Ok(())
+    }
+
+    /// After a failed fdatasync the page cache state is unknown: the journal
+    /// refuses further appends, and records that may have reached the disk
+    /// without their write reaching the volume are covered by a resync of
+    /// the dirty regions (persisted if the disk still takes it).
+    fn sync_failed(&mut self, e: &JournalError) {
+        self.failed = Some(e.to_string());
+        self.state.needs_resync = true;
+        if let Err(state_err) = self.persist_state() {
+            tracing::warn!(
+                "journal {}: after a failed sync ({e}), needs_resync could not be saved: {state_err}",
+                self.dir.display()
+            );
+        }
     }
 
     /// Discards every unacknowledged record because `rec_len` more bytes
@@ -1294,7 +1523,7 @@ impl Inner {
             self.unacked_bytes,
             self.config.max_bytes,
             self.state.acknowledged + 1,
-            self.last_seq
+            self.written
         );
         tracing::warn!(max_bytes = self.config.max_bytes, "{msg}");
         self.state.needs_resync = true;
@@ -1323,6 +1552,8 @@ impl Inner {
         self.dir_dirty = true;
         self.unacked_bytes = 0;
         self.discards += 1;
+        // The discarded records are gone for readers too (they get a Gap).
+        self.visible = self.written;
         Ok(())
     }
 
@@ -1331,10 +1562,10 @@ impl Inner {
     /// change log when due. The state snapshot and the files to delete are
     /// left to the caller, to do without the lock (state first).
     fn acknowledge(&mut self, upto: Seq, resync: bool) -> Result<AckWork, JournalError> {
-        if upto > self.last_seq {
+        if upto > self.visible {
             return Err(JournalError::AckBeyondEnd {
                 upto,
-                last: self.last_seq,
+                last: self.visible,
             });
         }
         let mut changed = upto > self.state.acknowledged;
@@ -1381,7 +1612,7 @@ impl Inner {
         }
         self.recount();
         if rotate {
-            if let Err(e) = self.changelog.rotate(self.last_seq) {
+            if let Err(e) = self.changelog.rotate(self.written) {
                 // The open change-log file may be one that was replaced.
                 self.failed = Some(format!("a change-log rotation failed: {e}"));
                 return Err(e);

@@ -701,6 +701,186 @@ fn interval_and_never_policies_sync_on_demand() {
     }
 }
 
+/// Polls `cond` for up to 10 s.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Pretends that a segment fdatasync is in flight (as another appender's
+/// would be) until [`finish_sync_in_flight`].
+fn sync_in_flight(j: &Journal) {
+    j.commit.lock().syncing = true;
+}
+
+fn finish_sync_in_flight(j: &Journal) {
+    j.commit.lock().syncing = false;
+    j.commit.done.notify_all();
+}
+
+#[test]
+fn always_appenders_write_during_a_sync_in_flight_and_share_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), cfg());
+    let j = Arc::new(j);
+    assert_eq!(logged(j.append(0, 0, &data(0, 400)).unwrap()), 1);
+    assert_eq!((j.durable(), j.last_seq()), (1, 1));
+    sync_in_flight(&j);
+    let writers: Vec<_> = (1..=3u64)
+        .map(|t| {
+            let j = j.clone();
+            std::thread::spawn(move || logged(j.append(0, t * 4096, &data(t, 400)).unwrap()))
+        })
+        .collect();
+    // The writers are not held off the journal by the sync in flight...
+    wait_until("three records written", || j.lock().written == 4);
+    // ...but their records (over two segments) are not durable yet: readers,
+    // acknowledgements and `durable` do not see them, and `append` waits.
+    assert!(j.lock().segments.len() >= 2);
+    assert_eq!((j.durable(), j.last_seq()), (1, 1));
+    assert_eq!(j.read_after(0, usize::MAX).unwrap().len(), 1);
+    assert!(j.read_after(1, usize::MAX).unwrap().is_empty());
+    assert!(matches!(
+        j.acknowledge(2),
+        Err(JournalError::AckBeyondEnd { upto: 2, last: 1 })
+    ));
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(writers.iter().all(|w| !w.is_finished()));
+    let syncs = j.commit.lock().syncs;
+    finish_sync_in_flight(&j);
+    let mut seqs: Vec<Seq> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    seqs.sort();
+    assert_eq!(seqs, vec![2, 3, 4]);
+    // One fdatasync (of both segments) for the three of them.
+    assert_eq!(j.commit.lock().syncs - syncs, 1);
+    assert_eq!((j.durable(), j.last_seq()), (4, 4));
+    let records = j.read_after(0, usize::MAX).unwrap();
+    assert_eq!(
+        records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    for r in &records[1..] {
+        assert_eq!(r.payload, Payload::Data(data(r.offset / 4096, 400)));
+    }
+    j.acknowledge(4).unwrap();
+}
+
+#[test]
+fn concurrent_always_appenders_share_syncs_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        max_bytes: 1 << 30,
+        segment_bytes: 4096,
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config.clone());
+    let j = Arc::new(j);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let j = j.clone();
+            std::thread::spawn(move || {
+                for i in 0..40u64 {
+                    let seq = logged(j.append(0, t * 4096, &data(t * 100 + i, 300)).unwrap());
+                    // Durable and visible when append returns.
+                    assert!(j.durable() >= seq && j.last_seq() >= seq);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let syncs = j.commit.lock().syncs;
+    assert!(syncs <= 160, "{syncs} syncs for 160 appends");
+    assert_eq!((j.durable(), j.last_seq()), (160, 160));
+    let records = j.read_after(0, usize::MAX).unwrap();
+    assert_eq!(records.len(), 160);
+    // Each writer's records are in its order, with its data.
+    for t in 0..4u64 {
+        let mine: Vec<_> = records.iter().filter(|r| r.offset == t * 4096).collect();
+        assert_eq!(mine.len(), 40);
+        for (i, r) in mine.iter().enumerate() {
+            assert_eq!(r.payload, Payload::Data(data(t * 100 + i as u64, 300)));
+        }
+    }
+    drop(j);
+    let (j, rec) = open(dir.path(), config);
+    assert_eq!((rec.records, j.durable(), j.last_seq()), (160, 160, 160));
+}
+
+#[test]
+fn interval_appends_never_wait_for_the_disk_and_a_thread_syncs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        fsync: FsyncPolicy::Interval(Duration::from_millis(10)),
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config);
+    // A sync that never ends holds no writer up.
+    sync_in_flight(&j);
+    for i in 0..20u64 {
+        assert_eq!(logged(j.append(0, i * 4096, &data(i, 200)).unwrap()), i + 1);
+    }
+    assert_eq!(j.last_seq(), 20, "visible at once under Interval");
+    assert_eq!(j.read_after(0, usize::MAX).unwrap().len(), 20);
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(
+        j.durable(),
+        0,
+        "nothing is reported durable before its sync"
+    );
+    finish_sync_in_flight(&j);
+    // The background thread syncs them without another append.
+    wait_until("the background sync", || j.durable() == 20);
+    assert!(j.commit.lock().syncs >= 1);
+    j.close().unwrap();
+}
+
+#[test]
+fn never_policy_is_durable_after_sync_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        fsync: FsyncPolicy::Never,
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config.clone());
+    for i in 0..5u64 {
+        j.append(1, i * 4096, &data(i, 100)).unwrap();
+    }
+    assert_eq!((j.durable(), j.last_seq()), (0, 5));
+    j.sync().unwrap();
+    assert_eq!(j.durable(), 5);
+    let syncs = j.commit.lock().syncs;
+    j.sync().unwrap();
+    assert_eq!(j.commit.lock().syncs, syncs, "nothing new to sync");
+    j.append(1, 0, &data(9, 100)).unwrap();
+    drop(j); // no close: open syncs what it finds
+    let (j, _) = open(dir.path(), config);
+    assert_eq!((j.durable(), j.last_seq()), (6, 6));
+}
+
+#[test]
+fn a_failed_sync_fails_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), cfg());
+    j.append(0, 0, &data(1, 100)).unwrap();
+    j.commit.lock().failed = Some("injected".into());
+    assert!(matches!(
+        j.append(0, 0, &data(2, 100)),
+        Err(JournalError::Failed { .. })
+    ));
+    assert!(matches!(j.sync(), Err(JournalError::Failed { .. })));
+    // The record whose sync failed is never shipped.
+    assert_eq!((j.durable(), j.last_seq()), (1, 1));
+    assert_eq!(j.read_after(0, usize::MAX).unwrap().len(), 1);
+}
+
 #[test]
 fn corrupt_state_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
