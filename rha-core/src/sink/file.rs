@@ -3,35 +3,48 @@
 //!
 //! ```text
 //! <dir>/replica.toml    format, volume sizes, and applied sequence, consistent, synced
-//!                       as of the last checkpoint
-//! <dir>/redo.log        every batch applied since the last checkpoint (CRC-checked)
+//!                       and redo cycle as of the last checkpoint
+//! <dir>/redo.log        every batch applied since the last checkpoint (CRC-checked),
+//!                       from its start; stale entries of earlier cycles after them
 //! <dir>/disk-0.vhd      volume 0 (or disk-0.img when raw)
 //! <dir>/disk-1.vhd      ...
 //! ```
 //!
-//! Applying a batch appends it to `redo.log` as one entry that records its
-//! last sequence, and fdatasyncs the log: from then on the batch is durable,
-//! and [`ReplicaSink::apply`] returns after writing it to the disks without
-//! syncing them (write-back is started at once, so that the next checkpoint
-//! finds little to wait for). A **checkpoint** syncs the disks, saves the
-//! state file (atomically) and empties the redo log; it runs when the log
-//! holds [`CheckpointPolicy::bytes`] or [`CheckpointPolicy::interval`] has
-//! passed, and at `begin_sync`, `end_sync`, `mark_consistent`,
-//! [`FileSink::close`] and drop. Opening the replica replays every complete
-//! entry after the state's sequence and drops a torn last entry, so the disks
-//! are always recoverable to a batch boundary without the master.
+//! Applying a batch writes it to `redo.log` as one entry that records its
+//! cycle and sequences, and fdatasyncs the log: from then on the batch is
+//! durable, and [`ReplicaSink::apply`] returns after writing it to the disks
+//! without syncing them (write-back is started at once, so that the next
+//! checkpoint finds little to wait for). A **checkpoint** syncs the disks,
+//! saves the state file (atomically) with a new redo cycle and starts the
+//! redo log over from its start; it runs when the log holds
+//! [`CheckpointPolicy::bytes`] or [`CheckpointPolicy::interval`] has passed,
+//! and at `begin_sync`, `end_sync`, `mark_consistent`, [`FileSink::close`]
+//! and drop. Opening the replica replays every complete entry of the state's
+//! cycle that follows on from the state's sequence and stops at the first
+//! other one (a torn entry, or a stale one of an earlier cycle), so the
+//! disks are always recoverable to a batch boundary without the master.
+//!
+//! The log is **reused, never truncated**: entries overwrite it from the
+//! start after each checkpoint, and it grows (zero-filled, in
+//! [`REDO_GROW_BYTES`] steps) only when a cycle takes it past its largest
+//! size so far. So a batch's fdatasync writes data only, and no file-size
+//! or block-allocation metadata commit, once the log has reached its
+//! working size.
 //!
 //! ```text
 //!  redo entry (all integers little-endian)
 //!    0   8  REDO_MAGIC
 //!    8   8  payload length in bytes
-//!    16  8  last sequence of the batch
-//!    24  4  CRC-32 of bytes 8..24 and the payload
-//!    28  ..  payload: the batch's records, journal record encoding
+//!    16  8  redo cycle (the state file's `redo_cycle` when it was written)
+//!    24  8  applied sequence before the batch (its first sequence - 1)
+//!    32  8  last sequence of the batch
+//!    40  4  CRC-32 of bytes 8..40 and the payload
+//!    44  ..  payload: the batch's records, journal record encoding
 //! ```
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -67,10 +80,20 @@ impl DiskFormat {
 const STATE_FILE: &str = "replica.toml";
 const REDO_FILE: &str = "redo.log";
 /// Magic bytes of a redo-log entry.
-const REDO_MAGIC: &[u8; 8] = b"RHAREDO2";
+const REDO_MAGIC: &[u8; 8] = b"RHAREDO3";
 /// Bytes of a redo-log entry before its payload: magic, payload length
-/// (u64), last sequence (u64), CRC32 (u32).
-const REDO_HEADER: usize = 8 + 8 + 8 + 4;
+/// (u64), cycle (u64), applied before (u64), last sequence (u64), CRC32 (u32).
+const REDO_HEADER: usize = 8 + 8 + 8 + 8 + 8 + 4;
+/// Where the CRC-32 of a redo entry stands (it covers bytes 8 to here).
+const REDO_CRC_AT: usize = REDO_HEADER - 4;
+/// The redo log grows by at least this much at a time, zero-filled, so
+/// that batches rarely change its size.
+pub const REDO_GROW_BYTES: u64 = 4 << 20;
+/// Magic of the appended, multi-entry redo log of the previous version
+/// (magic, payload length u64, last sequence u64, CRC32 u32 of bytes 8..24
+/// and the payload, payload); read when reopening such a replica.
+const REDO_MAGIC_V2: &[u8; 8] = b"RHAREDO2";
+const REDO_HEADER_V2: usize = 8 + 8 + 8 + 4;
 /// Magic of the single-batch redo log written by earlier versions (magic,
 /// payload length u64, CRC32 u32, payload); read when reopening such a replica.
 const REDO_MAGIC_V1: &[u8; 8] = b"RHAREDO1";
@@ -103,6 +126,10 @@ struct StateFile {
     version: u32,
     format: DiskFormat,
     volume_sizes: Vec<u64>,
+    /// The redo log's cycle: raised at every checkpoint; only entries of
+    /// this cycle are replayed (0 in replicas of earlier versions).
+    #[serde(default)]
+    redo_cycle: u64,
     #[serde(flatten)]
     state: ReplicaState,
 }
@@ -122,10 +149,12 @@ pub struct FileSink {
 struct Inner {
     /// The state as of the last applied batch (on disk: as of the last checkpoint).
     file: StateFile,
-    /// The redo log, opened for appending.
+    /// The redo log, opened for writing at `redo_pos`.
     redo: File,
-    /// Bytes in the redo log.
-    redo_bytes: u64,
+    /// Bytes of the current cycle's entries (where the next one goes).
+    redo_pos: u64,
+    /// Size of the redo log file (its entries and stale bytes after them).
+    redo_len: u64,
     last_checkpoint: Instant,
     /// An earlier failure after which the disks' or the log's state is unknown.
     failed: Option<String>,
@@ -169,6 +198,7 @@ impl FileSink {
             version: 1,
             format,
             volume_sizes: sizes.to_vec(),
+            redo_cycle: 0,
             state: ReplicaState::default(),
         };
         // An old redo log in the directory belongs to no replica: drop it.
@@ -245,7 +275,7 @@ impl FileSink {
                     .map_err(io("open for write-back", &path))?,
             );
         }
-        let redo_bytes = redo
+        let redo_len = redo
             .metadata()
             .map_err(io("inspect", &dir.join(REDO_FILE)))?
             .len();
@@ -257,7 +287,8 @@ impl FileSink {
             inner: Mutex::new(Inner {
                 file,
                 redo,
-                redo_bytes,
+                redo_pos: 0,
+                redo_len,
                 last_checkpoint: Instant::now(),
                 failed: None,
                 buf: Vec::new(),
@@ -285,7 +316,7 @@ impl FileSink {
     }
 
     /// Makes every applied batch durable on the disks, saves the state file
-    /// and empties the redo log now.
+    /// and starts the redo log over now.
     pub fn checkpoint(&self) -> Result<(), SinkError> {
         let mut inner = self.lock();
         self.check_failed(&inner)?;
@@ -297,7 +328,7 @@ impl FileSink {
     pub fn close(self) -> Result<(), SinkError> {
         let r = self.checkpoint();
         // Nothing is left for drop to do.
-        self.lock().redo_bytes = 0;
+        self.lock().redo_pos = 0;
         r
     }
 
@@ -321,10 +352,11 @@ impl FileSink {
         }
     }
 
-    /// Syncs the disks, saves the state and empties the redo log. A failure
-    /// leaves the redo log as it is (reopening replays it) and the sink
-    /// refusing further batches.
+    /// Syncs the disks, saves the state with the next redo cycle and starts
+    /// the redo log over from its start. A failure leaves the redo log as it
+    /// is (reopening replays it) and the sink refusing further batches.
     fn checkpoint_locked(&self, inner: &mut Inner) -> Result<(), SinkError> {
+        inner.file.redo_cycle += 1;
         let res = self
             .flush_volumes()
             .and_then(|()| write_state(&self.dir, &inner.file));
@@ -332,24 +364,18 @@ impl FileSink {
             inner.failed = Some(e.to_string());
             return Err(e);
         }
-        // Not synced: a crash that undoes the truncation leaves entries at
-        // or below the saved sequence, which reopening skips. The log is
-        // opened for appending, so the next entry goes to its start.
-        if let Err(e) = inner.redo.set_len(0) {
-            let path = self.redo_path();
-            inner.failed = Some(format!("emptying {}: {e}", path.display()));
-            return Err(io("empty", &path)(e));
-        }
-        inner.redo_bytes = 0;
+        // From here the saved state names the new cycle: the entries left in
+        // the log are stale and are overwritten from the start, never replayed.
+        inner.redo_pos = 0;
         inner.last_checkpoint = Instant::now();
         Ok(())
     }
 
     fn recover(&self) -> Result<(), SinkError> {
         let path = self.redo_path();
-        let entries = read_redo(&path)?;
         let mut inner = self.lock();
-        if inner.redo_bytes == 0 {
+        let entries = read_redo(&path, inner.file.redo_cycle, inner.file.state.applied)?;
+        if entries.is_empty() {
             return Ok(());
         }
         let mut applied = inner.file.state.applied;
@@ -391,6 +417,34 @@ impl FileSink {
         Ok(())
     }
 
+    /// Writes the entry in `inner.buf` at the redo log's position and
+    /// fdatasyncs it. Past the log's end, the log first grows zero-filled to
+    /// a multiple of [`REDO_GROW_BYTES`], so that the next batches write
+    /// into blocks that are already allocated and change no file size.
+    fn write_entry(&self, inner: &mut Inner) -> Result<(), SinkError> {
+        let path = self.redo_path();
+        let end = inner.redo_pos + inner.buf.len() as u64;
+        if end > inner.redo_len {
+            let grown = end.div_ceil(REDO_GROW_BYTES) * REDO_GROW_BYTES;
+            let zeros = vec![0u8; (grown - end).min(1 << 20) as usize];
+            let mut at = end.max(inner.redo_len);
+            while at < grown {
+                let n = (grown - at).min(zeros.len() as u64) as usize;
+                inner
+                    .redo
+                    .write_all_at(&zeros[..n], at)
+                    .map_err(io("grow", &path))?;
+                at += n as u64;
+            }
+            inner.redo_len = grown;
+        }
+        inner
+            .redo
+            .write_all_at(&inner.buf, inner.redo_pos)
+            .map_err(io("write to", &path))?;
+        inner.redo.sync_data().map_err(io("fdatasync", &path))
+    }
+
     /// Starts writing the disks' dirty pages back without waiting, so that
     /// the next checkpoint's sync has little left to do. Only a hint.
     fn start_writeback(&self) {
@@ -413,7 +467,7 @@ impl Drop for FileSink {
     /// Checkpoints, so that a replica closed in order has nothing to replay.
     fn drop(&mut self) {
         let mut inner = self.lock();
-        if inner.failed.is_some() || inner.redo_bytes == 0 {
+        if inner.failed.is_some() || inner.redo_pos == 0 {
             return;
         }
         if let Err(e) = self.checkpoint_locked(&mut inner) {
@@ -449,30 +503,29 @@ impl ReplicaSink for FileSink {
         for r in todo {
             super::volume_at(&self.volumes, r.volume)?;
         }
-        encode_entry(todo, &mut inner.buf);
-        let path = self.redo_path();
-        let res = inner
-            .redo
-            .write_all(&inner.buf)
-            .map_err(io("append to", &path))
-            .and_then(|()| inner.redo.sync_data().map_err(io("fdatasync", &path)));
+        encode_entry(
+            inner.file.redo_cycle,
+            inner.file.state.applied,
+            todo,
+            &mut inner.buf,
+        );
+        let res = self.write_entry(inner);
         if let Err(e) = res {
-            // Cut off whatever part of the entry reached the log; after a
+            // A partly written entry is never replayed: the next one
+            // overwrites it, and until then its checksum fails. After a
             // failed fdatasync the file's state is unknown.
-            match inner.redo.set_len(inner.redo_bytes) {
-                Ok(())
-                    if !matches!(
-                        &e,
-                        SinkError::Io {
-                            op: "fdatasync",
-                            ..
-                        }
-                    ) => {}
-                _ => inner.failed = Some(e.to_string()),
+            if matches!(
+                &e,
+                SinkError::Io {
+                    op: "fdatasync",
+                    ..
+                }
+            ) {
+                inner.failed = Some(e.to_string());
             }
             return Err(e);
         }
-        inner.redo_bytes += inner.buf.len() as u64;
+        inner.redo_pos += inner.buf.len() as u64;
         // Durable from here: a failure below is repaired by reopening.
         if let Err(e) = write_records(&self.volumes, todo) {
             inner.failed = Some(e.to_string());
@@ -480,7 +533,7 @@ impl ReplicaSink for FileSink {
         }
         self.start_writeback();
         inner.file.state.applied = last.seq;
-        if inner.redo_bytes >= self.policy.bytes
+        if inner.redo_pos >= self.policy.bytes
             || inner.last_checkpoint.elapsed() >= self.policy.interval
         {
             self.checkpoint_locked(inner)?;
@@ -550,16 +603,21 @@ fn write_state(dir: &Path, file: &StateFile) -> Result<(), SinkError> {
     atomic_write(&path, text.as_bytes())
 }
 
+/// Opens the redo log for positioned writes (not appending: entries
+/// overwrite it from the start after each checkpoint).
 fn open_redo(path: &Path) -> Result<File, SinkError> {
     OpenOptions::new()
         .create(true)
-        .append(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
         .open(path)
         .map_err(io("open", path))
 }
 
-/// Encodes `records` (a batch, in order, not empty) as one redo-log entry into `out`.
-fn encode_entry(records: &[Record], out: &mut Vec<u8>) {
+/// Encodes `records` (a batch, in order, not empty, following on from
+/// sequence `applied`) as one redo-log entry of `cycle` into `out`.
+fn encode_entry(cycle: u64, applied: Seq, records: &[Record], out: &mut Vec<u8>) {
     out.clear();
     out.resize(REDO_HEADER, 0);
     for r in records {
@@ -569,11 +627,18 @@ fn encode_entry(records: &[Record], out: &mut Vec<u8>) {
     let last = records.last().map_or(0, |r| r.seq);
     out[0..8].copy_from_slice(REDO_MAGIC);
     out[8..16].copy_from_slice(&len.to_le_bytes());
-    out[16..24].copy_from_slice(&last.to_le_bytes());
+    out[16..24].copy_from_slice(&cycle.to_le_bytes());
+    out[24..32].copy_from_slice(&applied.to_le_bytes());
+    out[32..40].copy_from_slice(&last.to_le_bytes());
+    let crc = entry_crc(&out[8..REDO_CRC_AT], &out[REDO_HEADER..]);
+    out[REDO_CRC_AT..REDO_HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn entry_crc(header: &[u8], payload: &[u8]) -> u32 {
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&out[8..24]);
-    crc.update(&out[REDO_HEADER..]);
-    out[24..28].copy_from_slice(&crc.finalize().to_le_bytes());
+    crc.update(header);
+    crc.update(payload);
+    crc.finalize()
 }
 
 /// Decodes a payload that passed its checksum into records.
@@ -597,9 +662,12 @@ fn decode_payload(path: &Path, payload: &[u8]) -> Result<Vec<Record>, SinkError>
     Ok(records)
 }
 
-/// The batches of the complete entries of the redo log at `path`, in order;
-/// a torn or damaged entry ends the log (with a warning).
-fn read_redo(path: &Path) -> Result<Vec<Vec<Record>>, SinkError> {
+/// The batches of the redo log at `path` to replay over a replica saved at
+/// `applied` in redo cycle `cycle`: the complete entries from the start
+/// that belong to `cycle` and follow on from each other, in order. The
+/// first other entry ends the log: a stale one of an earlier cycle (or the
+/// zeros of a grown log) silently, a torn or damaged one with a warning.
+fn read_redo(path: &Path, cycle: u64, applied: Seq) -> Result<Vec<Vec<Record>>, SinkError> {
     let mut bytes = Vec::new();
     match File::open(path) {
         Ok(mut f) => f.read_to_end(&mut bytes).map_err(io("read", path))?,
@@ -609,14 +677,67 @@ fn read_redo(path: &Path) -> Result<Vec<Vec<Record>>, SinkError> {
     if bytes.starts_with(REDO_MAGIC_V1) {
         return read_redo_v1(path, &bytes);
     }
+    if bytes.starts_with(REDO_MAGIC_V2) {
+        return read_redo_v2(path, &bytes);
+    }
+    let mut out = Vec::new();
+    let (mut at, mut applied) = (0, applied);
+    while bytes.len() - at >= REDO_HEADER {
+        let rest = &bytes[at..];
+        if &rest[..8] != REDO_MAGIC || u64_at(rest, 16) != cycle || u64_at(rest, 24) != applied {
+            tracing::debug!(
+                "replica redo log {}: this cycle's entries end at byte {at}",
+                path.display()
+            );
+            break;
+        }
+        let end = usize::try_from(u64_at(rest, 8))
+            .ok()
+            .and_then(|len| REDO_HEADER.checked_add(len))
+            .filter(|&end| end <= rest.len());
+        let Some(end) = end else {
+            tracing::warn!(
+                "replica redo log {}: the entry at byte {at} is incomplete; the batch it held was never acknowledged",
+                path.display()
+            );
+            break;
+        };
+        let payload = &rest[REDO_HEADER..end];
+        if entry_crc(&rest[8..REDO_CRC_AT], payload) != u32_at(rest, REDO_CRC_AT) {
+            tracing::warn!(
+                "replica redo log {}: the entry at byte {at} fails its checksum; the batch it held was never acknowledged",
+                path.display()
+            );
+            break;
+        }
+        let records = decode_payload(path, payload)?;
+        let last = u64_at(rest, 32);
+        if records.first().map(|r| r.seq) != Some(applied + 1)
+            || records.last().map(|r| r.seq) != Some(last)
+        {
+            return Err(SinkError::BadState {
+                path: path.to_path_buf(),
+                reason: format!("the redo log entry at byte {at} says its batch holds sequences {}..={last}, but its records do not; report this as a bug", applied + 1),
+            });
+        }
+        out.push(records);
+        applied = last;
+        at += end;
+    }
+    Ok(out)
+}
+
+/// The appended redo log of the previous version: its complete entries, in
+/// order; a torn or damaged entry ends it (with a warning).
+fn read_redo_v2(path: &Path, bytes: &[u8]) -> Result<Vec<Vec<Record>>, SinkError> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
         let rest = &bytes[at..];
-        let end = (rest.len() >= REDO_HEADER && &rest[..8] == REDO_MAGIC)
+        let end = (rest.len() >= REDO_HEADER_V2 && &rest[..8] == REDO_MAGIC_V2)
             .then(|| usize::try_from(u64_at(rest, 8)).ok())
             .flatten()
-            .and_then(|len| REDO_HEADER.checked_add(len))
+            .and_then(|len| REDO_HEADER_V2.checked_add(len))
             .filter(|&end| end <= rest.len());
         let Some(end) = end else {
             tracing::warn!(
@@ -626,7 +747,7 @@ fn read_redo(path: &Path) -> Result<Vec<Vec<Record>>, SinkError> {
             );
             break;
         };
-        let payload = &rest[REDO_HEADER..end];
+        let payload = &rest[REDO_HEADER_V2..end];
         let mut crc = crc32fast::Hasher::new();
         crc.update(&rest[8..24]);
         crc.update(payload);
@@ -721,6 +842,23 @@ mod tests {
         }
     }
 
+    /// Puts the disk back at batch `n` (the last checkpoint): the disk
+    /// writes made since were lost, as the page cache would be.
+    fn lose_disk_writes(disk: &Path, n: u64) {
+        let f = OpenOptions::new().write(true).open(disk).unwrap();
+        for r in 0..5u64 {
+            f.write_all_at(&vec![expected(n)[r as usize]; REGION as usize], r * REGION)
+                .unwrap();
+        }
+    }
+
+    /// A sink in `path` with one 5-region disk that checkpoints only when told.
+    fn manual_sink(path: &Path, format: DiskFormat) -> FileSink {
+        FileSink::create(path, &[5 * REGION], format)
+            .unwrap()
+            .with_checkpoint_policy(never())
+    }
+
     /// A crash between checkpoints: the process stops without closing
     /// (`mem::forget`: no checkpoint on drop) and the disk writes made since
     /// the last checkpoint are lost, as the page cache would be.
@@ -728,9 +866,7 @@ mod tests {
     fn a_crash_between_checkpoints_replays_the_redo_log() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r");
-        let sink = FileSink::create(&path, &[5 * REGION], DiskFormat::Raw)
-            .unwrap()
-            .with_checkpoint_policy(never());
+        let sink = manual_sink(&path, DiskFormat::Raw);
         for n in 1..=3 {
             sink.apply(&batch(n)).unwrap();
         }
@@ -742,12 +878,7 @@ mod tests {
         let disk = sink.disk_paths()[0].clone();
         std::mem::forget(sink);
         // Lose what reached the disk after the checkpoint.
-        let f = OpenOptions::new().write(true).open(&disk).unwrap();
-        for r in 0..5u64 {
-            f.write_all_at(&vec![expected(3)[r as usize]; REGION as usize], r * REGION)
-                .unwrap();
-        }
-        drop(f);
+        lose_disk_writes(&disk, 3);
         let text = fs::read_to_string(path.join(STATE_FILE)).unwrap();
         assert!(
             text.contains("applied = 6\n"),
@@ -756,7 +887,7 @@ mod tests {
         let sink = FileSink::open(&path).unwrap();
         assert_eq!(sink.state().applied, 12);
         assert_eq!(regions(&sink), expected(6));
-        assert_eq!(fs::metadata(path.join(REDO_FILE)).unwrap().len(), 0);
+        assert_eq!(sink.lock().redo_pos, 0, "replayed, then checkpointed");
         // Replaying is idempotent: crash again right after the replay.
         std::mem::forget(sink);
         let sink = FileSink::open(&path).unwrap();
@@ -764,7 +895,7 @@ mod tests {
         assert_eq!(sink.apply(&batch(7)).unwrap(), 14);
     }
 
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::MetadataExt;
 
     /// A crash while a batch's entry was being written: every cut of the
     /// last entry reopens at the batch before it.
@@ -772,18 +903,21 @@ mod tests {
     fn a_torn_last_entry_reopens_at_the_batch_before() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r");
-        let sink = FileSink::create(&path, &[5 * REGION], DiskFormat::FixedVhd)
-            .unwrap()
-            .with_checkpoint_policy(never());
+        let sink = manual_sink(&path, DiskFormat::FixedVhd);
         sink.apply(&batch(1)).unwrap();
         sink.checkpoint().unwrap();
         sink.apply(&batch(2)).unwrap();
         sink.apply(&batch(3)).unwrap();
+        let (pos, cycle) = {
+            let inner = sink.lock();
+            (inner.redo_pos as usize, inner.file.redo_cycle)
+        };
         std::mem::forget(sink);
         let redo = path.join(REDO_FILE);
         let good = fs::read(&redo).unwrap();
         let mut torn = Vec::new();
-        encode_entry(&batch(4), &mut torn);
+        encode_entry(cycle, 6, &batch(4), &mut torn);
+        assert!(good.len() >= pos + torn.len(), "the log was grown ahead");
         let backup = dir.path().join("backup");
         copy_dir(&path, &backup);
         for cut in [
@@ -795,26 +929,103 @@ mod tests {
             REDO_HEADER + 100,
             torn.len() - 1,
         ] {
-            let mut bytes = good.clone();
-            bytes.extend_from_slice(&torn[..cut]);
-            fs::write(&redo, &bytes).unwrap();
-            let sink = FileSink::open(&path).unwrap();
-            assert_eq!(sink.state().applied, 6, "cut at {cut}");
-            assert_eq!(regions(&sink), expected(3), "cut at {cut}");
-            assert_eq!(sink.apply(&batch(4)).unwrap(), 8);
-            drop(sink);
-            fs::remove_dir_all(&path).unwrap();
-            copy_dir(&backup, &path);
+            // Written in place over the grown log's zeros, or at its end.
+            for at_end in [false, true] {
+                let mut bytes = good.clone();
+                bytes[pos..pos + cut].copy_from_slice(&torn[..cut]);
+                if at_end {
+                    bytes.truncate(pos + cut);
+                }
+                fs::write(&redo, &bytes).unwrap();
+                let sink = FileSink::open(&path).unwrap();
+                assert_eq!(sink.state().applied, 6, "cut at {cut}");
+                assert_eq!(regions(&sink), expected(3), "cut at {cut}");
+                assert_eq!(sink.apply(&batch(4)).unwrap(), 8);
+                drop(sink);
+                fs::remove_dir_all(&path).unwrap();
+                copy_dir(&backup, &path);
+            }
         }
         // A whole last entry with a damaged byte: the same.
         let mut bytes = good.clone();
-        bytes.extend_from_slice(&torn);
-        let len = bytes.len();
-        bytes[len - 10] ^= 0x20;
+        bytes[pos..pos + torn.len()].copy_from_slice(&torn);
+        bytes[pos + torn.len() - 10] ^= 0x20;
         fs::write(&redo, &bytes).unwrap();
         let sink = FileSink::open(&path).unwrap();
         assert_eq!(sink.state().applied, 6);
         assert_eq!(regions(&sink), expected(3));
+    }
+
+    /// Stale entries of an earlier cycle stay in the reused log after a
+    /// checkpoint, intact and even with sequences that would follow on
+    /// (after `end_sync` moved the applied sequence back): a crash never
+    /// replays them.
+    #[test]
+    fn stale_entries_after_a_checkpoint_are_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r");
+        let sink = manual_sink(&path, DiskFormat::Raw);
+        for n in 1..=3 {
+            sink.apply(&batch(n)).unwrap();
+        }
+        // The entries of batches 1, 2 and 3 (cycle 0) are in the log from its start.
+        sink.begin_sync().unwrap();
+        sink.end_sync(0).unwrap();
+        assert_eq!(sink.state().applied, 0);
+        // Batch 1 again: its entry overwrites the stale one of batch 1 exactly;
+        // those of batches 2 and 3 (sequences 3..=6) follow it, intact.
+        sink.apply(&batch(1)).unwrap();
+        let disk = sink.disk_paths()[0].clone();
+        std::mem::forget(sink);
+        let redo = fs::read(path.join(REDO_FILE)).unwrap();
+        let stale: Vec<_> = redo
+            .windows(8)
+            .enumerate()
+            .filter(|(_, w)| w == REDO_MAGIC)
+            .map(|(at, _)| u64_at(&redo[at..], 32))
+            .collect();
+        assert_eq!(stale, vec![2, 4, 6], "the stale entries are there");
+        // Lose batch 1's disk writes since the checkpoint.
+        lose_disk_writes(&disk, 3);
+        let sink = FileSink::open(&path).unwrap();
+        assert_eq!(sink.state().applied, 2, "only batch 1 was replayed");
+        assert_eq!(regions(&sink), vec![0, 1, 2, 3, 1]);
+        // And after the replay's checkpoint, another crash replays nothing.
+        sink.apply(&batch(2)).unwrap();
+        sink.checkpoint().unwrap();
+        std::mem::forget(sink);
+        let sink = FileSink::open(&path).unwrap();
+        assert_eq!(sink.state().applied, 4);
+    }
+
+    /// Once grown, the log keeps its size: each batch's fdatasync writes
+    /// data only, into blocks allocated already.
+    #[test]
+    fn the_redo_log_is_reused_and_keeps_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r");
+        let sink = FileSink::create(&path, &[5 * REGION], DiskFormat::Raw)
+            .unwrap()
+            .with_checkpoint_policy(CheckpointPolicy {
+                bytes: 5 * REGION,
+                interval: Duration::from_secs(3600),
+            });
+        let len = || fs::metadata(path.join(REDO_FILE)).unwrap().len();
+        sink.apply(&batch(1)).unwrap();
+        assert_eq!(len(), REDO_GROW_BYTES, "grown once, zero-filled");
+        let blocks = fs::metadata(path.join(REDO_FILE)).unwrap().blocks();
+        assert!(blocks * 512 >= REDO_GROW_BYTES, "allocated, not sparse");
+        for n in 2..=20 {
+            sink.apply(&batch(n)).unwrap();
+            assert_eq!(len(), REDO_GROW_BYTES, "batch {n}");
+        }
+        assert!(
+            sink.lock().file.redo_cycle >= 6,
+            "checkpoints restarted the log"
+        );
+        sink.close().unwrap();
+        let sink = FileSink::open(&path).unwrap();
+        assert_eq!((sink.state().applied, regions(&sink)), (40, expected(20)));
     }
 
     fn copy_dir(from: &Path, to: &Path) {
@@ -835,24 +1046,39 @@ mod tests {
                 bytes: 3 * REGION,
                 interval: Duration::from_secs(3600),
             });
-        let redo = || fs::metadata(path.join(REDO_FILE)).unwrap().len();
+        let redo = |sink: &FileSink| sink.lock().redo_pos;
         sink.apply(&batch(1)).unwrap();
-        assert!(redo() > 2 * REGION, "one entry of two records");
+        assert!(redo(&sink) > 2 * REGION, "one entry of two records");
         sink.apply(&batch(2)).unwrap(); // past 3 regions: checkpoint
-        assert_eq!(redo(), 0);
+        assert_eq!(redo(&sink), 0);
         let saved = || {
             let text = fs::read_to_string(path.join(STATE_FILE)).unwrap();
-            toml::from_str::<StateFile>(&text).unwrap().state.applied
+            toml::from_str::<StateFile>(&text).unwrap()
         };
-        assert_eq!(saved(), 4);
+        // What reopening would replay.
+        let pending = || {
+            let file = saved();
+            read_redo(&path.join(REDO_FILE), file.redo_cycle, file.state.applied)
+                .unwrap()
+                .len()
+        };
+        assert_eq!(saved().state.applied, 4);
         sink.apply(&batch(3)).unwrap();
-        assert_eq!(saved(), 4);
+        assert_eq!((saved().state.applied, pending()), (4, 1));
         drop(sink);
-        assert_eq!((saved(), redo()), (6, 0), "drop checkpoints");
+        assert_eq!(
+            (saved().state.applied, pending()),
+            (6, 0),
+            "drop checkpoints"
+        );
         let sink = FileSink::open(&path).unwrap();
         sink.apply(&batch(4)).unwrap();
         sink.close().unwrap();
-        assert_eq!((saved(), redo()), (8, 0), "close checkpoints");
+        assert_eq!(
+            (saved().state.applied, pending()),
+            (8, 0),
+            "close checkpoints"
+        );
     }
 
     #[test]
