@@ -244,6 +244,11 @@ impl From<&AzureAccount> for StoredAccount {
     }
 }
 
+/// An exclusive lock on an accounts file, released when dropped.
+struct StoreLock {
+    _file: fs::File,
+}
+
 /// Where accounts are kept: one JSON file, mode 0600.
 #[derive(Clone, Debug)]
 pub struct AccountStore {
@@ -336,6 +341,7 @@ impl AccountStore {
     /// Adds `account`; replaces one of the same name only when `replace`.
     pub fn add(&self, account: &AzureAccount, replace: bool) -> Result<(), AccountError> {
         account.check()?;
+        let _lock = self.lock()?;
         let mut accounts = self.load()?;
         match accounts.iter().position(|a| a.name == account.name) {
             Some(_) if !replace => {
@@ -351,6 +357,7 @@ impl AccountStore {
 
     /// Removes the account named `name` and returns what it was.
     pub fn remove(&self, name: &str) -> Result<AccountInfo, AccountError> {
+        let _lock = self.lock()?;
         let removed = self.get(name)?.info();
         let mut accounts = self.load()?;
         accounts.retain(|a| a.name != name);
@@ -360,7 +367,8 @@ impl AccountStore {
 
     /// Writes the file atomically: a 0600 temporary file in the same
     /// directory, synced, renamed over the old one.
-    fn save(&self, accounts: &[AzureAccount]) -> Result<(), AccountError> {
+    /// The directory of the file, made (mode 0700) when missing.
+    fn dir(&self) -> Result<PathBuf, AccountError> {
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -375,6 +383,49 @@ impl AccountStore {
                     source: e,
                 })?;
         }
+        Ok(dir)
+    }
+
+    /// The file's name (for the temporary and lock files beside it).
+    fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "accounts.json".into())
+    }
+
+    /// Holds `.NAME.lock` beside the file exclusively (`flock`) until the
+    /// guard is dropped, so that two `rha cloud account add` (or an add and
+    /// a remove) running at once never lose one another's change.
+    fn lock(&self) -> Result<StoreLock, AccountError> {
+        use std::os::fd::AsRawFd;
+        let path = self.dir()?.join(format!(".{}.lock", self.file_name()));
+        let io = |source| AccountError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns for the call.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(StoreLock { _file: file });
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(io(e));
+            }
+        }
+    }
+
+    fn save(&self, accounts: &[AzureAccount]) -> Result<(), AccountError> {
+        let dir = self.dir()?;
         let file = StoreFile {
             version: FILE_VERSION,
             accounts: accounts.iter().map(StoredAccount::from).collect(),
@@ -384,12 +435,7 @@ impl AccountStore {
             reason: e.to_string(),
         })?;
         text.push('\n');
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "accounts.json".into());
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let tmp = dir.join(format!(".{}.{}.tmp", self.file_name(), std::process::id()));
         let write = || -> io::Result<()> {
             let _ = fs::remove_file(&tmp);
             let mut f = fs::OpenOptions::new()

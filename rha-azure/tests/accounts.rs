@@ -110,3 +110,45 @@ async fn an_unreachable_authority_is_not_a_credentials_problem() {
     assert!(!e.is_credentials());
     assert!(e.to_string().contains("could not reach Azure AD"), "{e}");
 }
+
+/// Adds and removes running at once (threads here; two `rha cloud account`
+/// processes alike) never lose one another's change: the store locks its
+/// file for each read-modify-write.
+#[test]
+fn concurrent_adds_and_removes_lose_nothing() {
+    use rha_azure::account::AccountStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = AccountStore::new(dir.path().join("cfg/accounts.json"));
+    let account = |i: usize| rha_azure::AzureAccount {
+        name: format!("acct{i}"),
+        subscription_id: "11111111-2222-3333-4444-555555555555".into(),
+        tenant_id: "66666666-7777-8888-9999-000000000000".into(),
+        client_id: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into(),
+        secret: ClientSecret::new(format!("secret-{i}")),
+        authority_host: None,
+        arm_endpoint: None,
+        blob_endpoint: None,
+    };
+    // Some accounts to remove while others are added.
+    for i in 100..108 {
+        store.add(&account(i), false).unwrap();
+    }
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let store = store.clone();
+            s.spawn(move || {
+                for k in 0..4 {
+                    store.add(&account(t * 10 + k), false).unwrap();
+                }
+                store.remove(&format!("acct{}", 100 + t)).unwrap();
+            });
+        }
+    });
+    let mut names: Vec<String> = store.list().unwrap().into_iter().map(|a| a.name).collect();
+    names.sort();
+    let mut want: Vec<String> = (0..8)
+        .flat_map(|t| (0..4).map(move |k| format!("acct{}", t * 10 + k)))
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+}
