@@ -538,6 +538,7 @@ fn cert_ca(
 #[pyfunction]
 #[pyo3(signature = (dir, name, sans = Vec::new(), days = 365, force = false, ca_dir = None))]
 fn cert_engine(
+    py: Python<'_>,
     dir: PathBuf,
     name: &str,
     sans: Vec<String>,
@@ -546,7 +547,7 @@ fn cert_engine(
     ca_dir: Option<PathBuf>,
 ) -> PyResult<(PathBuf, PathBuf)> {
     let ca = ca_dir.unwrap_or_else(|| dir.clone());
-    cert::make_leaf(&ca, &dir, name, &sans, LeafKind::Engine, days, force)
+    py.detach(|| cert::make_leaf(&ca, &dir, name, &sans, LeafKind::Engine, days, force))
         .map(files)
         .map_err(to_py(errors::certificate))
 }
@@ -556,6 +557,7 @@ fn cert_engine(
 #[pyfunction]
 #[pyo3(signature = (dir, name = "operator", days = 365, force = false, ca_dir = None))]
 fn cert_operator(
+    py: Python<'_>,
     dir: PathBuf,
     name: &str,
     days: u32,
@@ -563,7 +565,7 @@ fn cert_operator(
     ca_dir: Option<PathBuf>,
 ) -> PyResult<(PathBuf, PathBuf)> {
     let ca = ca_dir.unwrap_or_else(|| dir.clone());
-    cert::make_leaf(&ca, &dir, name, &[], LeafKind::Operator, days, force)
+    py.detach(|| cert::make_leaf(&ca, &dir, name, &[], LeafKind::Operator, days, force))
         .map(files)
         .map_err(to_py(errors::certificate))
 }

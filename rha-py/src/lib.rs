@@ -6,7 +6,8 @@
 //!                      ▼
 //!                  rha._rha (this crate) ──► rha_core (scenarios, sync, events)
 //!                                        ──► rha_transport (engines, control API, certificates)
-//!                                        ──► rha_azure (cloud accounts, log filter)
+//!                                        ──► rha_azure (cloud accounts, page-blob replicas,
+//!                                                       bookmarks, recovery points, log filter)
 //! ```
 //!
 //! The crate only converts: Python arguments into the Rust API's types,
@@ -19,6 +20,7 @@
 mod account;
 mod engine;
 mod errors;
+mod replica;
 mod scenario;
 mod sync;
 
@@ -101,6 +103,24 @@ where
     wait_interruptible(py, rx, timeout, || task.abort())
 }
 
+/// Runs the blocking `f` on a worker thread and waits for it as
+/// [`wait_interruptible`] does; an interrupt leaves the worker to finish its
+/// current call in the background (its result is dropped).
+pub(crate) fn blocking<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("rha-py-worker".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| errors::RhaError::new_err(format!("cannot start a thread: {e}")))?;
+    wait_interruptible(py, rx, None, || {})
+}
+
 /// A timeout argument in seconds (`None`: wait as long as it takes).
 pub(crate) fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     match timeout {
@@ -165,6 +185,7 @@ fn _rha(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sync::register(m)?;
     engine::register(m)?;
     account::register(m)?;
+    replica::register(m)?;
     m.add_function(wrap_pyfunction!(enable_logging, m)?)?;
     Ok(())
 }

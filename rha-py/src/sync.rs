@@ -10,15 +10,10 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 use rha_core::events::Events;
-use rha_core::hash::{Hash, Node};
-use rha_core::journal::Record;
-use rha_core::sink::{MemSink, ReplicaState};
+use rha_core::sink::MemSink;
 use rha_core::source::StaticSource;
-use rha_core::sync::{
-    synchronise, LocalPeer, SyncError, SyncMethod, SyncOptions, SyncPeer, SyncReport, Traffic,
-};
-use rha_core::volume::{open_volume, FileVolume, Volume};
-use rha_core::{Seq, VolumeId};
+use rha_core::sync::{synchronise, LocalPeer, SyncMethod, SyncOptions, SyncReport};
+use rha_core::volume::{open_volume, FileVolume, Volume, VolumeError};
 
 use crate::errors::{self, to_py};
 
@@ -91,58 +86,49 @@ impl PySyncStats {
     }
 }
 
-/// A peer that refuses every call once `stop` is set: how Ctrl-C stops a
-/// synchronisation between two of its requests.
-struct Interruptible<'a, P> {
-    peer: P,
-    stop: &'a AtomicBool,
+/// A volume that refuses every access once `stop` is set: how Ctrl-C stops
+/// a synchronisation at its next read or write (of either image).
+#[derive(Debug)]
+struct Interruptible {
+    inner: Arc<dyn Volume>,
+    stop: Arc<AtomicBool>,
 }
 
-impl<P: SyncPeer> Interruptible<'_, P> {
-    fn check(&self) -> Result<(), SyncError> {
-        if self.stop.load(Ordering::Relaxed) {
-            Err(SyncError::Link("interrupted".into()))
-        } else {
-            Ok(())
+impl Interruptible {
+    fn check(&self, op: &'static str, offset: u64) -> Result<(), VolumeError> {
+        if !self.stop.load(Ordering::Relaxed) {
+            return Ok(());
         }
+        Err(VolumeError::Io {
+            op,
+            path: PathBuf::from(self.inner.describe()),
+            offset,
+            source: std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"),
+        })
     }
 }
 
-impl<P: SyncPeer> SyncPeer for Interruptible<'_, P> {
-    fn state(&mut self) -> Result<ReplicaState, SyncError> {
-        self.check()?;
-        self.peer.state()
+impl Volume for Interruptible {
+    fn size(&self) -> u64 {
+        self.inner.size()
     }
-    fn begin_sync(&mut self, sizes: &[u64]) -> Result<(), SyncError> {
-        self.check()?;
-        self.peer.begin_sync(sizes)
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
+        self.check("read", offset)?;
+        self.inner.read_at(offset, buf)
     }
-    fn hashes(&mut self, volume: VolumeId, nodes: &[Node]) -> Result<Vec<Hash>, SyncError> {
-        self.check()?;
-        self.peer.hashes(volume, nodes)
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+        self.check("write", offset)?;
+        self.inner.write_at(offset, data)
     }
-    fn write(&mut self, volume: VolumeId, offset: u64, data: &[u8]) -> Result<(), SyncError> {
-        self.check()?;
-        self.peer.write(volume, offset, data)
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.check("zero", offset)?;
+        self.inner.write_zeroes(offset, len)
     }
-    fn zero(&mut self, volume: VolumeId, offset: u64, len: u64) -> Result<(), SyncError> {
-        self.check()?;
-        self.peer.zero(volume, offset, len)
+    fn flush(&self) -> Result<(), VolumeError> {
+        self.inner.flush()
     }
-    fn end_sync(&mut self, base: Seq) -> Result<(), SyncError> {
-        self.check()?;
-        self.peer.end_sync(base)
-    }
-    fn apply(&mut self, records: &[Record]) -> Result<Seq, SyncError> {
-        self.check()?;
-        self.peer.apply(records)
-    }
-    fn mark_consistent(&mut self, seq: Seq) -> Result<(), SyncError> {
-        self.check()?;
-        self.peer.mark_consistent(seq)
-    }
-    fn traffic(&self) -> Traffic {
-        self.peer.traffic()
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
 }
 
@@ -157,7 +143,7 @@ fn run(
     src: &Path,
     dst: &Path,
     options: &SyncOptions,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
 ) -> Result<(SyncReport, u64), String> {
     let master = open(src)?;
     let replica: Arc<dyn Volume> = if dst.exists() {
@@ -168,15 +154,19 @@ fn run(
                 .map_err(|e| format!("creating {}: {e}", dst.display()))?,
         )
     };
-    let source = StaticSource::new(vec![master.clone()]);
-    let sink = MemSink::with_volumes(vec![replica]);
-    let mut peer = Interruptible {
-        peer: LocalPeer::new(&sink),
-        stop,
+    let guard = |inner| -> Arc<dyn Volume> {
+        Arc::new(Interruptible {
+            inner,
+            stop: stop.clone(),
+        })
     };
+    let size = master.size();
+    let source = StaticSource::new(vec![guard(master)]);
+    let sink = MemSink::with_volumes(vec![guard(replica)]);
+    let mut peer = LocalPeer::new(&sink);
     let report =
         synchronise(&source, &mut peer, options, &Events::new()).map_err(|e| e.to_string())?;
-    Ok((report, master.size()))
+    Ok((report, size))
 }
 
 /// Synchronises image `dst` with image `src` (raw images or fixed VHDs), as

@@ -14,6 +14,8 @@ A thin layer over the Rust library (the native module ``rha._rha``):
   asyncio async iterator.
 - :class:`CloudAccount` and :class:`AccountStore` — cloud accounts (the
   secret never shows in a ``repr``).
+- :class:`BlobStore`, :class:`PageBlobReplica` — Azure replicas of page
+  blobs: bookmarks and :class:`RecoveryPoint`\ s (:func:`recovery_points`).
 - :func:`cert_ca`, :func:`cert_engine`, :func:`cert_operator` — the
   certificates engines and operators use (``rha cert``).
 
@@ -32,6 +34,7 @@ from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Sequence,
 from . import _rha
 from ._rha import (
     AccountStore,
+    BlobStore,
     CertificateError,
     CloudAccount,
     CloudError,
@@ -39,6 +42,8 @@ from ._rha import (
     Event,
     EventStream,
     Finding,
+    PageBlobReplica,
+    RecoveryPoint,
     RhaError,
     Scenario,
     StateError,
@@ -51,6 +56,7 @@ from ._rha import (
     cert_engine,
     cert_operator,
     enable_logging,
+    recovery_points,
     sync,
 )
 
@@ -58,6 +64,7 @@ __version__: str = _rha.__version__
 
 __all__ = [
     "AccountStore",
+    "BlobStore",
     "CertificateError",
     "Client",
     "CloudAccount",
@@ -68,6 +75,8 @@ __all__ = [
     "EventStream",
     "Events",
     "Finding",
+    "PageBlobReplica",
+    "RecoveryPoint",
     "RhaError",
     "Scenario",
     "StateError",
@@ -80,6 +89,7 @@ __all__ = [
     "cert_engine",
     "cert_operator",
     "enable_logging",
+    "recovery_points",
     "sync",
 ]
 

@@ -265,3 +265,65 @@ class AccountStore:
 
 def enable_logging(level: str = "info") -> None:
     """Logs to standard error at ``level``; the Azure SDK's debug events (tokens) are withheld."""
+
+class BlobStore:
+    """One container of a storage account (or of Azurite); keys never show in its ``repr``."""
+
+    def __init__(
+        self,
+        container: str,
+        *,
+        emulator: Optional[str] = None,
+        account: Optional[str] = None,
+        key: Optional[str] = None,
+        sas: Optional[str] = None,
+    ) -> None: ...
+    @property
+    def url(self) -> str:
+        """The container's URL."""
+
+class RecoveryPoint:
+    """A recovery point: every replica disk as it was at sequence ``seq``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def created_ms(self) -> int: ...
+    @property
+    def consistent(self) -> bool: ...
+    def to_dict(self) -> Dict[str, Any]:
+        """The point as a dict, with its disk snapshots."""
+
+class PageBlobReplica:
+    """A replica whose disks are page blobs under a prefix of a container."""
+
+    @staticmethod
+    def create(store: BlobStore, prefix: str, owner: str, sizes: List[int]) -> "PageBlobReplica":
+        """Creates a replica of empty disks of ``sizes`` bytes."""
+    @staticmethod
+    def open(store: BlobStore, prefix: str, owner: str, takeover: bool = False) -> "PageBlobReplica":
+        """Opens the replica under ``prefix`` as ``owner``."""
+    @property
+    def disk_urls(self) -> List[str]:
+        """The disks' blob URLs."""
+    def bookmark(self, name: str, seq: int) -> Optional[RecoveryPoint]:
+        """Bookmarks the journal at ``seq``: the point when taken now, None when ``seq`` is ahead."""
+    def create_recovery_point(self, name: str) -> RecoveryPoint:
+        """Takes a recovery point now."""
+    def recovery_points(self) -> List[RecoveryPoint]:
+        """Every complete recovery point, oldest first."""
+    def resolve_point(self, selector: str) -> RecoveryPoint:
+        """The point ``latest``, ``seq:N``, or an id or name selects."""
+    def delete_recovery_point(self, point: RecoveryPoint) -> None:
+        """Deletes the snapshots of ``point``."""
+    def close(self) -> None:
+        """Flushes, releases the lease and closes the replica."""
+    def __enter__(self) -> "PageBlobReplica": ...
+    def __exit__(self, *args: object) -> None: ...
+
+def recovery_points(store: BlobStore, prefix: str) -> List[RecoveryPoint]:
+    """Every complete recovery point under ``prefix``, without opening the replica."""
