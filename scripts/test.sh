@@ -66,9 +66,9 @@ echo "== cargo test"
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
 
 # The Python bindings (rha-py): a fresh virtual environment, `pip install
-# ./rha-py` from source (maturin, with the dev profile so the build reuses
-# what cargo test just compiled), then the pytest suite, which also runs the
-# example and `mypy --strict` on it against the stubs.
+# ./rha-py` from source (maturin; the dev profile, and the features that make
+# its dependencies the ones cargo test just compiled), then the pytest suite,
+# which also runs the example and `mypy --strict` on it against the stubs.
 echo "== Python bindings: fresh venv, pip install ./rha-py, pytest"
 py_started=$(date +%s)
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
@@ -82,7 +82,7 @@ rm -rf "$venv"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "maturin>=1.9,<2" pytest mypy
 export PATH="$venv/bin:$PATH"   # the maturin backend runs `maturin` from PATH
-MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+MATURIN_PEP517_ARGS="--profile dev --features reuse-test-build --strip" "$venv/bin/python" -m pip install -q --disable-pip-version-check \
   --no-build-isolation ./rha-py
 (cd rha-py && "$venv/bin/python" -m pytest -q -p no:cacheprovider tests) 2>&1 | tee target/pytest-output.txt
 echo "rha-py: $(( $(date +%s) - py_started )) s (install and pytest)"
