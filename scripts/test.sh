@@ -64,6 +64,30 @@ echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+
+# The Python bindings (rha-py): a fresh virtual environment, `pip install
+# ./rha-py` from source (maturin; the dev profile, and the features that make
+# its dependencies the ones cargo test just compiled), then the pytest suite,
+# which also runs the example and `mypy --strict` on it against the stubs.
+echo "== Python bindings: fresh venv, pip install ./rha-py, pytest"
+py_started=$(date +%s)
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  echo "installing python3-venv (needed by the rha-py tests)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip
+fi
+venv="${CARGO_TARGET_DIR:-target}/py-venv"
+case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac
+rm -rf "$venv"
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "maturin>=1.9,<2" pytest mypy
+export PATH="$venv/bin:$PATH"   # the maturin backend runs `maturin` from PATH
+MATURIN_PEP517_ARGS="--profile dev --features reuse-test-build --strip" "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+  --no-build-isolation ./rha-py
+(cd rha-py && "$venv/bin/python" -m pytest -q -p no:cacheprovider tests) 2>&1 | tee target/pytest-output.txt
+echo "rha-py: $(( $(date +%s) - py_started )) s (install and pytest)"
+
 # One closing line for the whole run (the last crate's own line may be a doc-test binary with no tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
-     END { printf "all tests: %d passed, %d failed\n", p, f }' target/test-output.txt
+     /^[0-9]+ (passed|failed)/ && FILENAME ~ /pytest/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' target/test-output.txt target/pytest-output.txt

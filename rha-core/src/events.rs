@@ -3,8 +3,10 @@
 //! An [`Events`] hub is shared by everything that runs a scenario: the
 //! synchronisation algorithms, replication and (in `rha-transport`) Is Alive
 //! and switchover emit [`Event`]s into it, and any number of subscribers
-//! receive every event from the moment they subscribe. [`Stats`] counts the
-//! figures operators watch: changed bytes, sent bytes, blocks, journal size, lag.
+//! receive every event from the moment they subscribe; a late subscriber can
+//! first receive the hub's [`RECENT_EVENTS`] latest milestones
+//! ([`Events::subscribe_with_recent`]). [`Stats`] counts the figures
+//! operators watch: changed bytes, sent bytes, blocks, journal size, lag.
 //!
 //! ```
 //! use rha_core::events::{Event, Events};
@@ -15,6 +17,7 @@
 //!            "all changes made during synchronisation have been replicated (sequence 42)");
 //! ```
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -151,8 +154,15 @@ pub struct Events {
 #[derive(Debug, Default)]
 struct Inner {
     subscribers: Mutex<Vec<Sender<Event>>>,
+    /// The latest milestones, oldest first; written under the `subscribers` lock.
+    recent: Mutex<VecDeque<Event>>,
     stats: Stats,
 }
+
+/// How many of the latest events a hub keeps for
+/// [`Events::subscribe_with_recent`]: every kind except the frequent
+/// [`Event::SyncProgress`] and [`Event::ReplicationLag`].
+pub const RECENT_EVENTS: usize = 64;
 
 impl Events {
     /// A hub with no subscribers and zeroed statistics.
@@ -164,6 +174,20 @@ impl Events {
     pub fn subscribe(&self) -> Receiver<Event> {
         let (tx, rx) = channel();
         self.lock().push(tx);
+        rx
+    }
+
+    /// Like [`subscribe`](Self::subscribe), but the receiver first gets the
+    /// hub's latest milestones (up to [`RECENT_EVENTS`], oldest first), so a
+    /// subscriber that arrives after a scenario started still sees it start.
+    /// No event is missed or repeated between the two.
+    pub fn subscribe_with_recent(&self) -> Receiver<Event> {
+        let (tx, rx) = channel();
+        let mut subscribers = self.lock();
+        for ev in self.recent().iter() {
+            let _ = tx.send(ev.clone());
+        }
+        subscribers.push(tx);
         rx
     }
 
@@ -180,7 +204,22 @@ impl Events {
             }
             _ => tracing::info!(target: "rha::event", "{event}"),
         }
-        self.lock().retain(|tx| tx.send(event.clone()).is_ok());
+        let mut subscribers = self.lock();
+        if !matches!(
+            event,
+            Event::SyncProgress { .. } | Event::ReplicationLag { .. }
+        ) {
+            let mut recent = self.recent();
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
+        subscribers.retain(|tx| tx.send(event.clone()).is_ok());
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, VecDeque<Event>> {
+        self.inner.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The statistics counters.
@@ -285,6 +324,34 @@ mod tests {
         events.emit(Event::MasterNotResponding { seconds: 3.0 });
         assert_eq!(a.try_iter().count(), 2);
         assert_eq!(events.lock().len(), 1);
+    }
+
+    #[test]
+    fn late_subscribers_get_the_recent_milestones_first() {
+        let events = Events::new();
+        events.emit(Event::SyncStarted {
+            method: "block".into(),
+            volumes: 1,
+            bytes_total: 10,
+        });
+        events.emit(Event::SyncProgress {
+            volume: 0,
+            bytes_done: 5,
+            bytes_total: 10,
+        });
+        for seq in 0..RECENT_EVENTS as u64 {
+            events.emit(Event::AllSyncChangesReplicated { seq });
+        }
+        let late = events.subscribe_with_recent();
+        events.emit(Event::MasterNotResponding { seconds: 1.0 });
+        let got: Vec<Event> = late.try_iter().collect();
+        // The oldest milestone (SyncStarted) fell out; progress is never kept.
+        assert_eq!(got.len(), RECENT_EVENTS + 1);
+        assert_eq!(got[0], Event::AllSyncChangesReplicated { seq: 0 });
+        assert_eq!(
+            got[RECENT_EVENTS],
+            Event::MasterNotResponding { seconds: 1.0 }
+        );
     }
 
     #[test]
