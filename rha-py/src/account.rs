@@ -26,7 +26,9 @@ impl PyCloudAccount {
     /// An account; its fields are checked (name, GUIDs, URLs, a non-empty
     /// secret) and `CloudError` names the one that is wrong.
     #[new]
-    #[pyo3(signature = (name, subscription_id, tenant_id, client_id, secret, authority_host = None, arm_endpoint = None))]
+    #[pyo3(signature = (name, subscription_id, tenant_id, client_id, secret, authority_host = None, arm_endpoint = None, blob_endpoint = None))]
+    // One keyword argument per account field, as Python callers expect.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         name: String,
         subscription_id: String,
@@ -35,6 +37,7 @@ impl PyCloudAccount {
         secret: String,
         authority_host: Option<String>,
         arm_endpoint: Option<String>,
+        blob_endpoint: Option<String>,
     ) -> PyResult<Self> {
         let inner = AzureAccount {
             name,
@@ -44,6 +47,7 @@ impl PyCloudAccount {
             secret: ClientSecret::new(secret),
             authority_host,
             arm_endpoint,
+            blob_endpoint,
         };
         inner.check().map_err(to_py(errors::cloud))?;
         Ok(PyCloudAccount { inner })

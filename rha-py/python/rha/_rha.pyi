@@ -232,6 +232,7 @@ class CloudAccount:
         secret: str,
         authority_host: Optional[str] = None,
         arm_endpoint: Optional[str] = None,
+        blob_endpoint: Optional[str] = None,
     ) -> None: ...
     @property
     def name(self) -> str: ...
