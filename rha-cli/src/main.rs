@@ -36,6 +36,13 @@ use rha_core::volume::{open_volume, vhd, FileVolume, Volume};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// A command group that talks to engines: its subcommands take the TLS options.
+#[derive(Debug, clap::Args)]
+struct Remote<C: Subcommand> {
+    #[command(subcommand)]
+    command: C,
     #[command(flatten)]
     auth: remote::Auth,
 }
@@ -63,14 +70,17 @@ enum Command {
     #[command(subcommand)]
     Vhd(VhdCommand),
     /// Work with scenarios: make, check, run, stop, watch, switch over.
-    #[command(subcommand)]
-    Scenario(remote::ScenarioCommand),
+    Scenario(Remote<remote::ScenarioCommand>),
     /// Run an engine: the master role for scenarios it is the master of, the
     /// replica role for those it is the appliance of.
-    Engine(remote::EngineArgs),
+    Engine {
+        #[command(flatten)]
+        args: remote::EngineArgs,
+        #[command(flatten)]
+        auth: remote::Auth,
+    },
     /// Replica virtual machines.
-    #[command(subcommand)]
-    Vm(remote::VmCommand),
+    Vm(Remote<remote::VmCommand>),
     /// Make the scenario CA and the engine and operator certificates (mutual TLS).
     #[command(subcommand)]
     Cert(remote::CertCommand),
@@ -204,9 +214,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}: raw image of {size} bytes", image.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Scenario(cmd) => remote::scenario(cmd, &cli.auth),
-        Command::Engine(args) => remote::engine(args, &cli.auth),
-        Command::Vm(cmd) => remote::vm(cmd, &cli.auth),
+        Command::Scenario(r) => remote::scenario(r.command, &r.auth),
+        Command::Engine { args, auth } => remote::engine(args, &auth),
+        Command::Vm(r) => remote::vm(r.command, &r.auth),
         Command::Cert(cmd) => remote::cert(cmd),
         Command::Cloud(args) => cloud::run(args),
     }

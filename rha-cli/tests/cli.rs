@@ -221,3 +221,45 @@ fn scenario_validate_exit_codes() {
     );
     assert!(String::from_utf8_lossy(&typo.stderr).contains("did you mean"));
 }
+
+/// The TLS options belong to the commands that talk to engines: `rha demo`
+/// (which makes its own certificates) and `rha sync` neither list nor take
+/// them; `rha scenario`, `rha engine` and `rha vm` do, before or after the
+/// subcommand.
+#[test]
+fn tls_options_are_offered_only_where_they_are_used() {
+    let help = |args: &[&str]| {
+        let out = rha().args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?} --help failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for cmd in [&["demo"][..], &["sync"], &["vhd", "make"], &["cert", "ca"]] {
+        let h = help(cmd);
+        assert!(
+            !h.contains("--certs") && !h.contains("--insecure-plaintext"),
+            "rha {cmd:?} --help lists TLS options it ignores:\n{h}"
+        );
+    }
+    for cmd in [&["engine"][..], &["scenario", "status"], &["vm", "start"]] {
+        let h = help(cmd);
+        assert!(
+            h.contains("--certs") && h.contains("--pin"),
+            "rha {cmd:?}:\n{h}"
+        );
+    }
+    let out = rha()
+        .args([
+            "demo",
+            "--certs",
+            "/nonexistent",
+            "--workdir",
+            "/nonexistent/x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap refuses an option demo does not take"
+    );
+}

@@ -156,6 +156,14 @@ fn nat_mode_master_listens_nowhere() {
     let marker = dir.join("nat-step-ran");
     // The master port is never used in NAT mode: point it at a closed port.
     let file = scenario(dir, "nat", &img, 9, appliance.port(), true, &marker);
+    // The NAT offer is made before any scenario is known; the session
+    // still takes the scenario's compression.
+    edit_scenario(&file, |t| {
+        t.replace(
+            "method = \"block\"\n",
+            "method = \"block\"\ncompression = \"lz4\"\n",
+        )
+    });
     rha_ok(
         &certs,
         &[
@@ -178,6 +186,7 @@ fn nat_mode_master_listens_nowhere() {
     let s = status(&certs, &a, "nat");
     assert_eq!(s["master"]["nat"], true);
     assert_eq!(s["master"]["connected"], true, "{s:#}");
+    assert_eq!(s["master"]["compression"], "lz4", "{s:#}");
     switchover_and_check(&certs, &a, "nat", &img, &marker);
 }
 

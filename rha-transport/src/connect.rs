@@ -12,7 +12,7 @@ use crate::limit::Limiter;
 use crate::link::{BoxStream, Link, PeerInfo};
 use crate::tls::{self, Tls};
 use crate::wire::{
-    self, Codec, Compression, Hello, Intent, Message, Welcome, DEFAULT_MAX_FRAME,
+    self, Codec, Compression, Hello, Intent, Message, Welcome, WireError, DEFAULT_MAX_FRAME,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
@@ -297,6 +297,21 @@ pub async fn accept(
                 addr,
                 reason: "closed before the handshake".into(),
             })
+        }
+        Err(
+            e @ WireError::Malformed {
+                message: "Hello", ..
+            },
+        ) => {
+            // An rha peer whose Hello this build cannot read (a newer intent,
+            // say): tell it why before closing, so its operator sees it too.
+            let reason = format!("{e}: is the peer a newer rha? upgrade this engine");
+            let refused = Message::Refused {
+                reason: reason.clone(),
+            };
+            let _ = wire::write_message(&mut stream, &mut codec, &refused).await;
+            let _ = stream.flush().await;
+            return Err(ConnectError::Refused { addr, reason });
         }
         Err(e) => {
             let hint = wire::sniff_foreign(&buf)

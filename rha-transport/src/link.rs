@@ -13,7 +13,7 @@
 //! [`Link::dead_after`]. Every waiting request then fails with [`LinkError::Closed`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -124,6 +124,24 @@ struct Inner {
     closed: watch::Sender<Option<String>>,
     heartbeat: watch::Sender<Duration>,
     limiter: Arc<Limiter>,
+    /// The compression of the frames this side sends ([`compression_code`]).
+    compression: AtomicU8,
+}
+
+fn compression_code(c: Compression) -> u8 {
+    match c {
+        Compression::None => 0,
+        Compression::Lz4 => 1,
+        Compression::Zstd => 2,
+    }
+}
+
+fn compression_from_code(code: u8) -> Compression {
+    match code {
+        1 => Compression::Lz4,
+        2 => Compression::Zstd,
+        _ => Compression::None,
+    }
 }
 
 /// A live connection. Cheap to clone; all clones share it.
@@ -191,6 +209,7 @@ impl Link {
             closed,
             heartbeat,
             limiter: limiter.clone(),
+            compression: AtomicU8::new(compression_code(compression)),
         });
         let link = Link { inner };
         let (r, w) = tokio::io::split(stream);
@@ -212,6 +231,23 @@ impl Link {
     /// The peer.
     pub fn peer(&self) -> &PeerInfo {
         &self.inner.peer
+    }
+
+    /// The compression of the frames this side sends now (the handshake's
+    /// choice unless [`Link::set_compression`] changed it).
+    pub fn compression(&self) -> Compression {
+        compression_from_code(self.inner.compression.load(Ordering::Relaxed))
+    }
+
+    /// Changes the compression of the frames this side sends from the next
+    /// frame on. Every frame names its own algorithm and a protocol-1 peer
+    /// decodes all of them, so either side may change its own at any time:
+    /// a NAT session, offered before any scenario was known, takes the
+    /// scenario's compression this way.
+    pub fn set_compression(&self, c: Compression) {
+        self.inner
+            .compression
+            .store(compression_code(c), Ordering::Relaxed);
     }
 
     /// Bytes sent and received on the wire (frames, before TLS).
@@ -475,6 +511,10 @@ async fn writer(
         let Some(first) = first else { break };
         let mut next = Some(first);
         // Batch whatever is queued into one write, up to about 1 MiB.
+        let compression = link.compression();
+        if codec.compression() != compression {
+            codec.set_compression(compression);
+        }
         while let Some(msg) = next.take() {
             let closing = matches!(msg, Message::Close { .. });
             match codec.encode(&msg, &mut buf) {

@@ -337,3 +337,92 @@ async fn a_welcome_outside_what_the_caller_offered_is_refused() {
         }
     }
 }
+
+/// A Hello with a valid checksum that this build cannot read (an intent a
+/// newer peer might send) is answered with `Refused` naming the field; a
+/// compression id this build does not know is skipped, not refused.
+#[tokio::test]
+async fn an_unreadable_hello_is_refused_and_unknown_compressions_are_skipped() {
+    use rha_transport::connect::ConnectError;
+    use rha_transport::wire::{self as w, Codec, Hello};
+    use tokio::io::AsyncWriteExt;
+
+    /// A Hello frame from `name` whose intent byte and compression list are
+    /// replaced (the checksum recomputed).
+    fn hello_frame(intent: u8, compression: &[u8]) -> Vec<u8> {
+        let name = "newer";
+        let mut f = frame(&Message::Hello(Hello {
+            version_min: w::MIN_PROTOCOL_VERSION,
+            version_max: w::PROTOCOL_VERSION,
+            name: name.into(),
+            intent: Intent::Engine,
+            compression: vec![],
+            software: "test".into(),
+        }));
+        // length, type, flags, magic, version_min, version_max, name.
+        let at = 4 + 2 + 4 + 2 + 2 + 4 + name.len();
+        f[at] = intent;
+        // The empty compression list (a u32 count of 0) gets the ids.
+        let count = (compression.len() as u32).to_le_bytes();
+        f.splice(at + 1..at + 5, count.iter().chain(compression).copied());
+        let n = f.len();
+        f[..4].copy_from_slice(&((n - 8) as u32).to_le_bytes());
+        let crc = crc32fast::hash(&f[4..n - 4]);
+        f[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        f
+    }
+
+    async fn exchange(
+        hello: Vec<u8>,
+    ) -> (
+        Option<Message>,
+        Result<rha_transport::connect::Accepted, ConnectError>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let srv = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(
+                tcp,
+                &Security::InsecurePlaintext,
+                &info("appliance", &[Compression::Lz4, Compression::None]),
+                Arc::new(Limiter::new(Schedule::unlimited())),
+            )
+            .await
+        });
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&hello).await.unwrap();
+        tcp.flush().await.unwrap();
+        let mut codec = Codec::new(w::DEFAULT_MAX_FRAME);
+        let mut buf = bytes::BytesMut::new();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            w::read_message(&mut tcp, &mut buf, &mut codec),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .map(|(m, _)| m);
+        (answer, srv.await.unwrap())
+    }
+
+    let (answer, accepted) = exchange(hello_frame(9, &[])).await;
+    match answer {
+        Some(Message::Refused { reason }) => assert!(reason.contains("intent 9"), "{reason}"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    match accepted {
+        Err(ConnectError::Refused { reason, .. }) => assert!(reason.contains("intent"), "{reason}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("an unknown intent was accepted"),
+    }
+
+    // Engine (2), offering an unknown algorithm 7 before LZ4 (1).
+    let (answer, accepted) = exchange(hello_frame(2, &[7, 1])).await;
+    match answer {
+        Some(Message::Welcome(w)) => assert_eq!(w.compression, Compression::Lz4),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    let accepted = accepted.unwrap();
+    assert_eq!(accepted.hello.compression, vec![Compression::Lz4]);
+}

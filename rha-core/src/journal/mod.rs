@@ -1256,6 +1256,24 @@ impl Journal {
         self.acknowledge_as(base, true)
     }
 
+    /// Sets `needs_resync` and persists it: the dirty regions must be
+    /// resynchronised from the volumes before replication goes on.
+    ///
+    /// A writer that journals each record before its disk write (the
+    /// [`crate::source::TrackedSet`]) calls this after an unclean shutdown:
+    /// the last records may never have reached the volume, while the
+    /// replica would still get them (or already has). A resync already
+    /// running when this is called does not clear the flag.
+    pub fn require_resync(&self) -> Result<(), JournalError> {
+        let mut inner = self.lock();
+        if inner.state.needs_resync {
+            return Ok(());
+        }
+        inner.state.needs_resync = true;
+        inner.discards += 1;
+        inner.persist_state()
+    }
+
     /// Syncs everything and records a clean shutdown.
     pub fn close(self) -> Result<(), JournalError> {
         // After this no sync is in flight: `self` is owned here.

@@ -37,7 +37,19 @@ impl TrackedSet {
     ) -> Result<(Self, Recovery), SourceError> {
         let dir = journal_dir.as_ref().to_path_buf();
         let sizes: Vec<u64> = volumes.iter().map(|v| v.size()).collect();
-        let (journal, recovery) = Journal::open(&dir, config, &sizes)?;
+        let (journal, mut recovery) = Journal::open(&dir, config, &sizes)?;
+        // Each write is journalled before it reaches its volume. After an
+        // unclean shutdown the last records may never have reached it; the
+        // replica must not keep (or get) writes the master never made, so
+        // the marked regions are resynchronised from the volumes instead of
+        // replaying the records.
+        if !recovery.clean_shutdown && !recovery.needs_resync {
+            journal.require_resync()?;
+            recovery.needs_resync = true;
+            let msg = "the previous session did not close the journal, so its last writes may not have reached the volumes: the dirty regions will be resynchronised from the volumes".to_string();
+            tracing::warn!(journal = %dir.display(), "{msg}");
+            recovery.warnings.push(msg);
+        }
         let set = TrackedSet {
             journal: Arc::new(journal),
             dir,
@@ -92,6 +104,9 @@ impl ChangeSource for TrackedSet {
         Some(self.journal.dirty_ranges(volume))
     }
     fn resync_started(&self) -> Result<Seq, SourceError> {
+        // Under the order lock: every record up to the base has reached its
+        // volume, so the resync reads (and sends) it.
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         Ok(self.journal.resync_started()?)
     }
     fn resync_completed(&self, base: Seq) -> Result<(), SourceError> {

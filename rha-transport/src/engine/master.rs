@@ -29,6 +29,8 @@ use crate::wire::Message;
 
 /// How often the replication loop looks for new records when idle.
 const IDLE_POLL: Duration = Duration::from_millis(5);
+/// How often an idle replication loop acknowledges again (for the change log's rotation).
+const IDLE_ACK_EVERY: Duration = Duration::from_secs(1);
 /// How often the master sends its statistics to the replica.
 const STATS_EVERY: Duration = Duration::from_millis(500);
 
@@ -457,6 +459,7 @@ impl MasterScenario {
         let mut peer = RemotePeer::new(link.clone());
         let mut at = self.prepare(&mut peer, &options)?;
         let mut last_stats = Instant::now() - STATS_EVERY;
+        let mut last_ack = Instant::now();
         self.set_state("replicating");
         loop {
             if stop.load(Ordering::Relaxed) || link.closed_reason().is_some() {
@@ -476,8 +479,20 @@ impl MasterScenario {
                 });
             }
             match sync::replicate_once(source, &mut peer, at, options.batch_bytes, &self.events) {
-                Ok(Some((seq, _))) => at = seq,
-                Ok(None) => std::thread::sleep(IDLE_POLL),
+                Ok(Some((seq, _))) => {
+                    at = seq;
+                    last_ack = Instant::now();
+                }
+                Ok(None) => {
+                    // Acknowledging again while idle lets the change log
+                    // rotate, so the marks of regions written before the
+                    // pause age out and a crash now resyncs nothing.
+                    if last_ack.elapsed() >= IDLE_ACK_EVERY {
+                        last_ack = Instant::now();
+                        source.acknowledge(source.acknowledged())?;
+                    }
+                    std::thread::sleep(IDLE_POLL)
+                }
                 Err(SyncError::Source(SourceError::Gap { .. })) => {
                     // The journal overflowed while the link was down or slow:
                     // resynchronise the regions the change log marks.

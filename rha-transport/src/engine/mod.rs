@@ -263,6 +263,15 @@ impl Shared {
         .await
     }
 
+    /// Makes the frames this side sends on `link` use `scenario`'s
+    /// compression, if this engine's configuration allows it.
+    pub(crate) fn adopt_compression(&self, link: &Link, scenario: &Scenario) {
+        let c = compression_of(scenario);
+        if c == Compression::None || self.config.compression.contains(&c) {
+            link.set_compression(c);
+        }
+    }
+
     /// NAT mode: waits for a connection offered by the master named `host`.
     pub async fn take_nat_offer(&self, host: &str) -> Offer {
         loop {
@@ -279,7 +288,8 @@ impl Shared {
     }
 }
 
-fn compression_of(s: &Scenario) -> Compression {
+/// The wire compression a scenario asks for.
+pub(crate) fn compression_of(s: &Scenario) -> Compression {
     use rha_core::scenario::WireCompression as W;
     match s.sync.compression {
         W::None => Compression::None,
@@ -579,6 +589,9 @@ async fn serve_master_link(
     mut taken: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     let mut current: Option<Arc<MasterScenario>> = None;
+    // A NAT offer was made before any scenario was known: it starts
+    // uncompressed and takes the scenario's compression once opened.
+    let nat = taken.is_some();
     while let Some(msg) = inbox.recv().await {
         match msg {
             Message::OpenScenario { req, scenario } => {
@@ -587,6 +600,9 @@ async fn serve_master_link(
                 }
                 match open_master(&shared, &link, &scenario).await {
                     Ok(ms) => {
+                        if nat {
+                            shared.adopt_compression(&link, &ms.scenario);
+                        }
                         let sizes = ms.source().volumes().iter().map(|v| v.size()).collect();
                         let ok = link
                             .send(Message::ScenarioOpened {

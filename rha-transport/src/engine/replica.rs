@@ -312,6 +312,7 @@ impl ApplianceScenario {
                 "connected": link.is_some(),
                 "name": link.as_ref().map(|l| l.peer().name.clone()),
                 "silent_ms": link.as_ref().map(|l| l.silent_ms()),
+                "compression": link.as_ref().map(|l| l.compression().name()),
                 "nat": self.scenario.master.nat,
             },
             "replica": replica,
@@ -405,7 +406,9 @@ impl ApplianceScenario {
     async fn connect(&self, shared: &Shared) -> Result<(Link, mpsc::Receiver<Message>), String> {
         let m = &self.scenario.master;
         if m.nat {
-            return Ok(shared.take_nat_offer(&m.host).await);
+            let (link, inbox) = shared.take_nat_offer(&m.host).await;
+            shared.adopt_compression(&link, &self.scenario);
+            return Ok((link, inbox));
         }
         let addr = format!("{}:{}", bracket(&m.host), m.port);
         shared

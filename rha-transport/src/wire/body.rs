@@ -6,6 +6,7 @@
 //! remain before anything is allocated, and bytes left over after the last
 //! field make the message malformed.
 
+use bytes::{BufMut, BytesMut};
 use rha_core::hash::{Hash, Node, HASH_LEN};
 use rha_core::journal::{Payload, Record};
 
@@ -195,16 +196,16 @@ pub fn error_code_is_known(n: u16) -> bool {
 
 /// Appends a message's fields to `out`.
 pub(crate) struct Writer<'a> {
-    out: &'a mut Vec<u8>,
+    out: &'a mut BytesMut,
     message: &'static str,
 }
 
 impl Writer<'_> {
     fn u8(&mut self, v: u8) {
-        self.out.push(v);
+        self.out.put_u8(v);
     }
     fn bool(&mut self, v: bool) {
-        self.out.push(u8::from(v));
+        self.out.put_u8(u8::from(v));
     }
     fn u16(&mut self, v: u16) {
         self.out.extend_from_slice(&v.to_le_bytes());
@@ -242,7 +243,7 @@ impl Writer<'_> {
 }
 
 /// Appends the fields of `msg` (the uncompressed frame payload) to `out`.
-pub(crate) fn encode_body(msg: &Message, out: &mut Vec<u8>) -> Result<(), WireError> {
+pub(crate) fn encode_body(msg: &Message, out: &mut BytesMut) -> Result<(), WireError> {
     let mut w = Writer {
         out,
         message: msg.name(),
@@ -556,11 +557,11 @@ pub(crate) fn decode_body(t: u8, payload: &[u8]) -> Result<Message, WireError> {
             let n = r.count(1, "compression")?;
             let mut compression = Vec::with_capacity(n);
             for _ in 0..n {
-                let id = r.u8("compression")?;
-                compression.push(
-                    compression_from_id(id)
-                        .ok_or_else(|| r.err(format!("unknown compression {id}")))?,
-                );
+                // An algorithm this build does not know is one it cannot
+                // choose: skipped, so that a newer peer can offer more.
+                if let Some(c) = compression_from_id(r.u8("compression")?) {
+                    compression.push(c);
+                }
             }
             let software = r.str("software")?;
             Message::Hello(Hello {

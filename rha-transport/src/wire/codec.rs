@@ -46,8 +46,8 @@ pub struct Codec {
     max_frame: usize,
     compression: Compression,
     compressors: Compressors,
-    /// The uncompressed payload being encoded.
-    body: Vec<u8>,
+    /// The uncompressed payload of a frame being compressed.
+    body: BytesMut,
     /// The compressed payload being encoded, or the decompressed payload being decoded.
     scratch: Vec<u8>,
     /// Frame bytes for [`super::write_message`].
@@ -69,7 +69,7 @@ impl Codec {
             max_frame: max_frame.min(u32::MAX as usize - HEADER_BYTES),
             compression: Compression::None,
             compressors: Compressors::new(),
-            body: Vec::new(),
+            body: BytesMut::new(),
             scratch: Vec::new(),
             wbuf: BytesMut::new(),
         }
@@ -110,6 +110,9 @@ impl Codec {
     /// uncompressed size too); `out` is then left as it was.
     pub fn encode(&mut self, msg: &Message, out: &mut BytesMut) -> Result<usize, WireError> {
         let t = type_of(msg);
+        if self.compression == Compression::None || !type_is_bulky(t) {
+            return self.encode_in_place(t, msg, out);
+        }
         self.body.clear();
         encode_body(msg, &mut self.body)?;
         if self.body.len() > self.max_frame {
@@ -121,15 +124,13 @@ impl Codec {
         }
         let mut flags = 0u8;
         let mut payload: &[u8] = &self.body;
-        if self.compression != Compression::None && type_is_bulky(t) {
-            self.compressors
-                .compress(self.compression, &self.body, &mut self.scratch)?;
-            // Sent compressed only when that is smaller, and never above the
-            // limit (the length field must pass the receiver's check).
-            if self.scratch.len() < self.body.len() {
-                flags |= FLAG_COMPRESSED;
-                payload = &self.scratch;
-            }
+        self.compressors
+            .compress(self.compression, &self.body, &mut self.scratch)?;
+        // Sent compressed only when that is smaller, and never above the
+        // limit (the length field must pass the receiver's check).
+        if self.scratch.len() < self.body.len() {
+            flags |= FLAG_COMPRESSED;
+            payload = &self.scratch;
         }
         let len = HEADER_BYTES + payload.len();
         let frame_len = LEN_BYTES + len + CRC_BYTES;
@@ -144,6 +145,41 @@ impl Codec {
         out.put_slice(payload);
         out.put_u32_le(crc.finalize());
         Ok(frame_len)
+    }
+
+    /// [`Codec::encode`] of a frame sent uncompressed: the payload is
+    /// written straight after its header in `out` (one copy of the data, not
+    /// two), then the length and CRC are filled in.
+    fn encode_in_place(
+        &mut self,
+        t: u8,
+        msg: &Message,
+        out: &mut BytesMut,
+    ) -> Result<usize, WireError> {
+        let start = out.len();
+        out.put_u32_le(0);
+        out.put_u8(t);
+        out.put_u8(0);
+        let body_start = out.len();
+        if let Err(e) = encode_body(msg, out) {
+            out.truncate(start);
+            return Err(e);
+        }
+        let body_len = out.len() - body_start;
+        if body_len > self.max_frame {
+            out.truncate(start);
+            return Err(WireError::TooLarge {
+                message: msg.name(),
+                len: body_len,
+                max: self.max_frame,
+            });
+        }
+        // `len` fits: the payload is at most max_frame <= u32::MAX - 2.
+        let len = (HEADER_BYTES + body_len) as u32;
+        out[start..start + LEN_BYTES].copy_from_slice(&len.to_le_bytes());
+        let crc = crc32fast::hash(&out[start + LEN_BYTES..]);
+        out.put_u32_le(crc);
+        Ok(out.len() - start)
     }
 
     /// Takes one whole frame off the front of `buf`.

@@ -31,6 +31,17 @@ pub enum Compression {
     Zstd,
 }
 
+impl Compression {
+    /// The name scenarios and status reports use: `none`, `lz4` or `zstd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
 /// Why the side that opened the connection is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intent {
