@@ -105,13 +105,25 @@ pub enum LinkError {
     },
 }
 
+/// What the writer task sends: a message to encode, or a frame its sender
+/// encoded ([`Link::send_frame_blocking`]).
+enum Outgoing {
+    Message(Message),
+    Frame(BytesMut),
+}
+
+/// Frames at least this large are written to the socket as they are, not
+/// copied into the writer's batch buffer.
+const DIRECT_WRITE: usize = 64 << 10;
+
 enum Waiter {
     Async(oneshot::Sender<Message>),
     Blocking(std::sync::mpsc::SyncSender<Message>),
 }
 
 struct Inner {
-    out: mpsc::Sender<Message>,
+    out: mpsc::Sender<Outgoing>,
+    max_frame: usize,
     pending: Mutex<HashMap<u64, Waiter>>,
     next_req: AtomicU64,
     peer: PeerInfo,
@@ -198,6 +210,7 @@ impl Link {
         let compression = peer.compression;
         let inner = Arc::new(Inner {
             out: out_tx,
+            max_frame,
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             peer,
@@ -324,9 +337,9 @@ impl Link {
     pub async fn shutdown(&self, reason: &str) {
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
-            self.inner.out.send(Message::Close {
+            self.inner.out.send(Outgoing::Message(Message::Close {
                 reason: reason.into(),
-            }),
+            })),
         )
         .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -358,27 +371,49 @@ impl Link {
         }
         let mut closed = self.inner.closed.subscribe();
         tokio::select! {
-            r = self.inner.out.send(msg) => r.map_err(|_| self.closed_error()),
+            r = self.inner.out.send(Outgoing::Message(msg)) => r.map_err(|_| self.closed_error()),
             _ = closed.wait_for(|r| r.is_some()) => Err(self.closed_error()),
         }
     }
 
     /// Sends a message that is not answered, from a thread outside the runtime.
     pub fn send_blocking(&self, msg: Message) -> Result<(), LinkError> {
+        self.push_blocking(Outgoing::Message(msg))
+    }
+
+    /// A codec that encodes frames for [`Link::send_frame_blocking`]: this
+    /// link's frame limit and the compression it sends with now (check
+    /// [`Link::compression`] before each frame: a NAT session may change it).
+    pub fn encoder(&self) -> Codec {
+        let mut codec = Codec::new(self.inner.max_frame);
+        codec.set_compression(self.compression());
+        codec
+    }
+
+    /// Sends one whole frame the caller encoded with a codec from
+    /// [`Link::encoder`], from a thread outside the runtime. The frame is
+    /// counted and rate-limited like a message; large frames reach the
+    /// socket without another copy. The frame must be exactly one valid
+    /// frame: the peer closes the connection on anything else.
+    pub fn send_frame_blocking(&self, frame: BytesMut) -> Result<(), LinkError> {
+        self.push_blocking(Outgoing::Frame(frame))
+    }
+
+    fn push_blocking(&self, item: Outgoing) -> Result<(), LinkError> {
         if self.closed_reason().is_some() {
             return Err(self.closed_error());
         }
         // Poll so that a link closing while the queue is full does not block forever.
-        let mut msg = msg;
+        let mut item = item;
         loop {
-            match self.inner.out.try_send(msg) {
+            match self.inner.out.try_send(item) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.closed_error()),
                 Err(mpsc::error::TrySendError::Full(m)) => {
                     if self.closed_reason().is_some() {
                         return Err(self.closed_error());
                     }
-                    msg = m;
+                    item = m;
                     std::thread::sleep(Duration::from_micros(200));
                 }
             }
@@ -497,7 +532,7 @@ impl Link {
 async fn writer(
     link: Link,
     mut w: tokio::io::WriteHalf<BoxStream>,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Outgoing>,
     mut codec: Codec,
     limiter: Arc<Limiter>,
 ) {
@@ -509,24 +544,52 @@ async fn writer(
             _ = closed.wait_for(|r| r.is_some()) => None,
         };
         let Some(first) = first else { break };
-        let mut next = Some(first);
-        // Batch whatever is queued into one write, up to about 1 MiB.
         let compression = link.compression();
         if codec.compression() != compression {
             codec.set_compression(compression);
         }
-        while let Some(msg) = next.take() {
-            let closing = matches!(msg, Message::Close { .. });
-            match codec.encode(&msg, &mut buf) {
-                Ok(n) => {
-                    limiter.acquire(n).await;
-                    link.inner.sent.fetch_add(n as u64, Ordering::Relaxed);
+        let mut next = Some(first);
+        let mut closing = false;
+        // Batch whatever is queued into one write, up to about 1 MiB; large
+        // frames encoded by their senders go to the socket as they are.
+        while let Some(item) = next.take() {
+            let direct = match item {
+                Outgoing::Message(msg) => {
+                    closing = matches!(msg, Message::Close { .. });
+                    match codec.encode(&msg, &mut buf) {
+                        Ok(n) => {
+                            limiter.acquire(n).await;
+                            link.inner.sent.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::error!(peer = %link.inner.peer.name, "cannot encode {}: {e}", msg.name());
+                            link.close(format!("cannot encode {}: {e}", msg.name()));
+                            return;
+                        }
+                    }
+                    None
                 }
-                Err(e) => {
-                    tracing::error!(peer = %link.inner.peer.name, "cannot encode {}: {e}", msg.name());
-                    link.close(format!("cannot encode {}: {e}", msg.name()));
-                    return;
+                Outgoing::Frame(frame) => {
+                    limiter.acquire(frame.len()).await;
+                    link.inner
+                        .sent
+                        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                    if frame.len() < DIRECT_WRITE {
+                        buf.extend_from_slice(&frame);
+                        None
+                    } else {
+                        Some(frame)
+                    }
                 }
+            };
+            if let Some(frame) = direct {
+                for part in [&buf[..], &frame[..]] {
+                    if let Err(e) = w.write_all(part).await {
+                        link.close(format!("write failed: {e}"));
+                        return;
+                    }
+                }
+                buf.clear();
             }
             if closing {
                 break;
@@ -540,6 +603,9 @@ async fn writer(
             return;
         }
         buf.clear();
+        if closing {
+            break;
+        }
         if rx.is_empty() {
             if let Err(e) = w.flush().await {
                 link.close(format!("write failed: {e}"));
@@ -642,7 +708,7 @@ async fn heartbeats(link: Link) {
             last_seq: link.inner.local_last_seq.load(Ordering::Relaxed),
         };
         // A full queue means data is flowing, which proves liveness too.
-        match link.inner.out.try_send(hb) {
+        match link.inner.out.try_send(Outgoing::Message(hb)) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }

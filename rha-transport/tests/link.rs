@@ -61,7 +61,7 @@ async fn send_writes(link: &Link, count: u64, data: &[u8]) {
         link.send(Message::Write {
             volume: 0,
             offset: i * data.len() as u64,
-            data: data.to_vec(),
+            data: bytes::Bytes::copy_from_slice(data),
         })
         .await
         .unwrap();
@@ -234,12 +234,12 @@ async fn corrupt_oversized_and_malformed_frames_close_the_link() {
     let good = frame(&Message::Write {
         volume: 0,
         offset: 0,
-        data: vec![7; 4096],
+        data: vec![7; 4096].into(),
     });
     let later = frame(&Message::Write {
         volume: 0,
         offset: 4096,
-        data: vec![8; 4096],
+        data: vec![8; 4096].into(),
     });
 
     // A flipped bit in the payload: the CRC catches it.

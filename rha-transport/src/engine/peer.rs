@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
+
 use rha_core::hash::{Hash, Node};
 use rha_core::journal::Record;
 use rha_core::sink::ReplicaState;
@@ -10,7 +12,7 @@ use rha_core::sync::{SyncError, SyncPeer, Traffic};
 use rha_core::{Seq, VolumeId};
 
 use crate::link::{Link, LinkError};
-use crate::wire::Message;
+use crate::wire::{Codec, Message};
 
 /// How long the replica may take to answer one request (an end-of-sync
 /// barrier flushes whole disks, so it is generous; a dead link fails sooner).
@@ -23,12 +25,15 @@ pub const WRITE_CHUNK: usize = 1 << 20;
 #[derive(Debug)]
 pub struct RemotePeer {
     link: Link,
+    /// Encodes synchronisation data straight from the caller's buffer.
+    encoder: Codec,
 }
 
 impl RemotePeer {
     /// A peer over `link`.
     pub fn new(link: Link) -> Self {
-        RemotePeer { link }
+        let encoder = link.encoder();
+        RemotePeer { link, encoder }
     }
 
     fn call(
@@ -90,18 +95,21 @@ impl SyncPeer for RemotePeer {
         }
     }
 
+    /// Sends `data` as `Write` frames encoded on this thread straight from
+    /// the caller's buffer (one copy of the data, and the CRC, here rather
+    /// than on the link's writer task).
     fn write(&mut self, volume: VolumeId, offset: u64, data: &[u8]) -> Result<(), SyncError> {
-        let mut at = 0;
-        while at < data.len() {
-            let n = (data.len() - at).min(WRITE_CHUNK);
-            self.link
-                .send_blocking(Message::Write {
-                    volume,
-                    offset: offset + at as u64,
-                    data: data[at..at + n].to_vec(),
-                })
-                .map_err(link_error)?;
-            at += n;
+        let compression = self.link.compression();
+        if self.encoder.compression() != compression {
+            self.encoder.set_compression(compression);
+        }
+        for (i, chunk) in data.chunks(WRITE_CHUNK).enumerate() {
+            let at = offset + (i * WRITE_CHUNK) as u64;
+            let mut frame = BytesMut::with_capacity(chunk.len() + 64);
+            self.encoder
+                .encode_write(volume, at, chunk, &mut frame)
+                .map_err(|e| SyncError::Link(format!("cannot encode a Write at {at}: {e}")))?;
+            self.link.send_frame_blocking(frame).map_err(link_error)?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! remain before anything is allocated, and bytes left over after the last
 //! field make the message malformed.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use rha_core::hash::{Hash, Node, HASH_LEN};
 use rha_core::journal::{Payload, Record};
 
@@ -233,6 +233,12 @@ impl Writer<'_> {
     fn str(&mut self, s: &str) -> Result<(), WireError> {
         self.bytes(s.as_bytes())
     }
+    /// The fields of [`Message::Write`].
+    fn write_fields(&mut self, volume: u32, offset: u64, data: &[u8]) -> Result<(), WireError> {
+        self.u32(volume);
+        self.u64(offset);
+        self.bytes(data)
+    }
     fn u64s(&mut self, v: &[u64]) -> Result<(), WireError> {
         self.len(v.len())?;
         for x in v {
@@ -243,6 +249,22 @@ impl Writer<'_> {
 }
 
 /// Appends the fields of `msg` (the uncompressed frame payload) to `out`.
+/// Appends the payload of a [`Message::Write`] of borrowed `data` to `out`
+/// (the bytes `encode_body` gives for the same message, without the
+/// message owning a copy of the data).
+pub(crate) fn encode_write_body(
+    volume: u32,
+    offset: u64,
+    data: &[u8],
+    out: &mut BytesMut,
+) -> Result<(), WireError> {
+    Writer {
+        out,
+        message: "Write",
+    }
+    .write_fields(volume, offset, data)
+}
+
 pub(crate) fn encode_body(msg: &Message, out: &mut BytesMut) -> Result<(), WireError> {
     let mut w = Writer {
         out,
@@ -317,11 +339,7 @@ pub(crate) fn encode_body(msg: &Message, out: &mut BytesMut) -> Result<(), WireE
             volume,
             offset,
             data,
-        } => {
-            w.u32(*volume);
-            w.u64(*offset);
-            w.bytes(data)?;
-        }
+        } => w.write_fields(*volume, *offset, data)?,
         Message::Zero {
             volume,
             offset,
@@ -431,6 +449,9 @@ const NODE_LEN: usize = 1 + 8;
 struct Reader<'a> {
     buf: &'a [u8],
     message: &'static str,
+    /// The payload as shared bytes, when the caller has it so: byte fields
+    /// that can be (`Write` data) are then slices of it, not copies.
+    shared: Option<&'a Bytes>,
 }
 
 impl<'a> Reader<'a> {
@@ -495,6 +516,16 @@ impl<'a> Reader<'a> {
         Ok(self.take(n, what)?.to_vec())
     }
 
+    /// A byte array as [`Bytes`]: a slice of the shared payload, or a copy.
+    fn shared_bytes(&mut self, what: &str) -> Result<Bytes, WireError> {
+        let n = self.count(1, what)?;
+        let b = self.take(n, what)?;
+        Ok(match self.shared {
+            Some(whole) => whole.slice_ref(b),
+            None => Bytes::copy_from_slice(b),
+        })
+    }
+
     fn str(&mut self, what: &str) -> Result<String, WireError> {
         let n = self.count(1, what)?;
         let b = self.take(n, what)?;
@@ -525,10 +556,21 @@ impl<'a> Reader<'a> {
 ///
 /// The caller has checked that `t` is a known type.
 pub(crate) fn decode_body(t: u8, payload: &[u8]) -> Result<Message, WireError> {
+    decode_body_in(t, payload, None)
+}
+
+/// [`decode_body`] of a payload held as [`Bytes`]: `Write` data is a slice
+/// of it (no copy).
+pub(crate) fn decode_body_shared(t: u8, payload: &Bytes) -> Result<Message, WireError> {
+    decode_body_in(t, payload, Some(payload))
+}
+
+fn decode_body_in(t: u8, payload: &[u8], shared: Option<&Bytes>) -> Result<Message, WireError> {
     let message = type_name(t).unwrap_or("unknown");
     let mut r = Reader {
         buf: payload,
         message,
+        shared,
     };
     let msg = match t {
         ty::HELLO => {
@@ -634,7 +676,7 @@ pub(crate) fn decode_body(t: u8, payload: &[u8]) -> Result<Message, WireError> {
         ty::WRITE => Message::Write {
             volume: r.u32("volume")?,
             offset: r.u64("offset")?,
-            data: r.bytes("data")?,
+            data: r.shared_bytes("data")?,
         },
         ty::ZERO => Message::Zero {
             volume: r.u32("volume")?,
@@ -742,7 +784,7 @@ mod tests {
             Message::Write {
                 volume: 0,
                 offset: 0,
-                data: vec![],
+                data: Bytes::new(),
             },
         ];
         for m in &msgs {

@@ -11,7 +11,10 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use super::body::{decode_body, encode_body, type_is_bulky, type_name, type_of};
+use super::body::{
+    decode_body, decode_body_shared, encode_body, encode_write_body, ty, type_is_bulky, type_name,
+    type_of,
+};
 use super::compress::Compressors;
 use super::error::WireError;
 use super::message::{Compression, Message};
@@ -109,18 +112,67 @@ impl Codec {
     /// [`Codec::max_frame`] (before compression: the receiver checks the
     /// uncompressed size too); `out` is then left as it was.
     pub fn encode(&mut self, msg: &Message, out: &mut BytesMut) -> Result<usize, WireError> {
-        let t = type_of(msg);
+        self.encode_with(type_of(msg), msg.name(), out, |b| encode_body(msg, b))
+    }
+
+    /// [`Codec::encode`] of `Message::Write { volume, offset, data }` from
+    /// borrowed data: the same frame, with one copy of the data fewer (the
+    /// master's synchronisation sends its read buffers this way).
+    pub fn encode_write(
+        &mut self,
+        volume: u32,
+        offset: u64,
+        data: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<usize, WireError> {
+        self.encode_with(ty::WRITE, "Write", out, |b| {
+            encode_write_body(volume, offset, data, b)
+        })
+    }
+
+    /// Frames the payload `body` appends, of message type `t` (`name`).
+    /// Sent uncompressed, the payload is written straight after its header
+    /// in `out` (the data is copied once), then the length and CRC are
+    /// filled in; compressed, it is built in a scratch buffer first.
+    fn encode_with(
+        &mut self,
+        t: u8,
+        name: &'static str,
+        out: &mut BytesMut,
+        body: impl FnOnce(&mut BytesMut) -> Result<(), WireError>,
+    ) -> Result<usize, WireError> {
+        let too_large = |len: usize, max: usize| WireError::TooLarge {
+            message: name,
+            len,
+            max,
+        };
         if self.compression == Compression::None || !type_is_bulky(t) {
-            return self.encode_in_place(t, msg, out);
+            let start = out.len();
+            out.put_u32_le(0);
+            out.put_u8(t);
+            out.put_u8(0);
+            let body_start = out.len();
+            let built = body(out);
+            let body_len = out.len() - body_start;
+            if let Err(e) = built {
+                out.truncate(start);
+                return Err(e);
+            }
+            if body_len > self.max_frame {
+                out.truncate(start);
+                return Err(too_large(body_len, self.max_frame));
+            }
+            // `len` fits: the payload is at most max_frame <= u32::MAX - 2.
+            let len = (HEADER_BYTES + body_len) as u32;
+            out[start..start + LEN_BYTES].copy_from_slice(&len.to_le_bytes());
+            let crc = crc32fast::hash(&out[start + LEN_BYTES..]);
+            out.put_u32_le(crc);
+            return Ok(out.len() - start);
         }
         self.body.clear();
-        encode_body(msg, &mut self.body)?;
+        body(&mut self.body)?;
         if self.body.len() > self.max_frame {
-            return Err(WireError::TooLarge {
-                message: msg.name(),
-                len: self.body.len(),
-                max: self.max_frame,
-            });
+            return Err(too_large(self.body.len(), self.max_frame));
         }
         let mut flags = 0u8;
         let mut payload: &[u8] = &self.body;
@@ -145,41 +197,6 @@ impl Codec {
         out.put_slice(payload);
         out.put_u32_le(crc.finalize());
         Ok(frame_len)
-    }
-
-    /// [`Codec::encode`] of a frame sent uncompressed: the payload is
-    /// written straight after its header in `out` (one copy of the data, not
-    /// two), then the length and CRC are filled in.
-    fn encode_in_place(
-        &mut self,
-        t: u8,
-        msg: &Message,
-        out: &mut BytesMut,
-    ) -> Result<usize, WireError> {
-        let start = out.len();
-        out.put_u32_le(0);
-        out.put_u8(t);
-        out.put_u8(0);
-        let body_start = out.len();
-        if let Err(e) = encode_body(msg, out) {
-            out.truncate(start);
-            return Err(e);
-        }
-        let body_len = out.len() - body_start;
-        if body_len > self.max_frame {
-            out.truncate(start);
-            return Err(WireError::TooLarge {
-                message: msg.name(),
-                len: body_len,
-                max: self.max_frame,
-            });
-        }
-        // `len` fits: the payload is at most max_frame <= u32::MAX - 2.
-        let len = (HEADER_BYTES + body_len) as u32;
-        out[start..start + LEN_BYTES].copy_from_slice(&len.to_le_bytes());
-        let crc = crc32fast::hash(&out[start + LEN_BYTES..]);
-        out.put_u32_le(crc);
-        Ok(out.len() - start)
     }
 
     /// Takes one whole frame off the front of `buf`.
@@ -229,11 +246,37 @@ impl Codec {
                 self.scratch = Vec::new();
             }
             msg?
+        } else if t == ty::WRITE {
+            return Self::decode_shared(t, buf, frame_len).map(Some);
         } else {
             decode_body(t, payload)?
         };
         buf.advance(frame_len);
         Ok(Some((msg, frame_len)))
+    }
+
+    /// Decodes the checked, uncompressed frame at the front of `buf` with
+    /// its data left where it arrived: the frame is split off `buf` and the
+    /// message's data is a slice of it. On an error the bytes are put back,
+    /// so that nothing is consumed (a copy, on a path that closes the
+    /// connection anyway).
+    fn decode_shared(
+        t: u8,
+        buf: &mut BytesMut,
+        frame_len: usize,
+    ) -> Result<(Message, usize), WireError> {
+        let frame = buf.split_to(frame_len).freeze();
+        let payload = frame.slice(LEN_BYTES + HEADER_BYTES..frame_len - CRC_BYTES);
+        match decode_body_shared(t, &payload) {
+            Ok(msg) => Ok((msg, frame_len)),
+            Err(e) => {
+                let mut restored = BytesMut::with_capacity(frame.len() + buf.len());
+                restored.extend_from_slice(&frame);
+                restored.extend_from_slice(buf);
+                *buf = restored;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -315,5 +358,23 @@ mod tests {
         let e = c.encode(&msg, &mut out).unwrap_err();
         assert!(matches!(e, WireError::TooLarge { len: 112, .. }), "{e}");
         assert!(out.is_empty());
+        // Whatever the buffer held before stays, with and without compression.
+        for compression in [Compression::None, Compression::Lz4] {
+            c.set_compression(compression);
+            let mut out = BytesMut::from(&b"kept"[..]);
+            let e = c.encode_write(0, 0, &[1; 100], &mut out).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    WireError::TooLarge {
+                        message: "Write",
+                        len: 116,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert_eq!(&out[..], b"kept");
+        }
     }
 }

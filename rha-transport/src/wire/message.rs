@@ -8,6 +8,7 @@
 //! [`Message::Heartbeat`], [`Message::Stats`]) are not answered; a failure
 //! they cause is reported by the next answered request.
 
+use bytes::Bytes;
 use rha_core::hash::{Hash, Node};
 use rha_core::journal::Record;
 use rha_core::{Seq, VolumeId};
@@ -188,8 +189,8 @@ pub enum Message {
         volume: VolumeId,
         /// Byte offset.
         offset: u64,
-        /// The bytes.
-        data: Vec<u8>,
+        /// The bytes (decoded as a slice of the received frame, not a copy).
+        data: Bytes,
     },
     /// Zeroes a range during synchronisation (not answered).
     Zero {
