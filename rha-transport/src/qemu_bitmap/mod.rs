@@ -40,7 +40,7 @@
 //! let sink = MemSink::with_state(vec![replica], ReplicaState { applied: 0, consistent: true, synced: true });
 //! synchronise(&source, &mut LocalPeer::new(&sink), &SyncOptions::new(SyncMethod::Volume), &Events::new())?;
 //! let proof = source.finish()?;
-//! BitmapReset::Image { image: "disk.qcow2".into() }.reset(proof)?;
+//! BitmapReset::Image { image: "disk.qcow2".into() }.reset(&proof)?;
 //! # Ok(()) }
 //! ```
 

@@ -67,8 +67,8 @@ pub enum BitmapReset {
 }
 
 impl BitmapReset {
-    /// Clears the bitmap that `proof` names.
-    pub fn reset(&self, proof: Synchronised) -> Result<(), ResetError> {
+    /// Clears the bitmap that `proof` names (a failed reset may be retried with the same proof).
+    pub fn reset(&self, proof: &Synchronised) -> Result<(), ResetError> {
         match self {
             BitmapReset::Image { image } => clear_with_qemu_img(image, &proof.bitmap),
             BitmapReset::Qmp { socket, node } => {
