@@ -963,3 +963,114 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The fuzz target's body on its seed corpus
+// ---------------------------------------------------------------------------
+
+fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/nbd_client_replies")
+}
+
+/// A seed: the selector byte that picks the decoder, then the message.
+fn picked(selector: u8, message: Vec<u8>) -> Vec<u8> {
+    let mut out = vec![selector];
+    out.extend(message);
+    out
+}
+
+/// A chunk flagged as the last of its reply.
+fn last_chunk(kind: u16, cookie: u64, payload: &[u8]) -> Vec<u8> {
+    chunk(proto::NBD_REPLY_FLAG_DONE, kind, cookie, payload)
+}
+
+/// The seeds, one per kind of message (the first byte picks the decoder).
+fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut greeting = vec![0u8];
+    greeting.extend_from_slice(&proto::NBD_MAGIC.to_be_bytes());
+    greeting.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
+    greeting.extend_from_slice(&3u16.to_be_bytes());
+    let mut info = vec![0u8];
+    info.extend_from_slice(&proto::OPTION_REPLY_MAGIC.to_be_bytes());
+    info.extend_from_slice(&proto::NBD_OPT_GO.to_be_bytes());
+    info.extend_from_slice(&proto::NBD_REP_INFO.to_be_bytes());
+    info.extend_from_slice(&12u32.to_be_bytes());
+    info.extend_from_slice(&proto::NBD_INFO_EXPORT.to_be_bytes());
+    info.extend_from_slice(&(32 * MIB).to_be_bytes());
+    info.extend_from_slice(&3u16.to_be_bytes());
+    let mut data = 4096u64.to_be_bytes().to_vec();
+    data.extend_from_slice(&[0x5a; 64]);
+    let read = picked(1, last_chunk(proto::NBD_REPLY_TYPE_OFFSET_DATA, 1, &data));
+    let mut h = 8192u64.to_be_bytes().to_vec();
+    h.extend_from_slice(&4096u32.to_be_bytes());
+    let hole = picked(1, chunk(0, proto::NBD_REPLY_TYPE_OFFSET_HOLE, 1, &h));
+    let status = proto::encode_block_status(
+        1,
+        &[
+            Extent {
+                len: 65536,
+                flags: 1,
+            },
+            Extent {
+                len: 1 << 20,
+                flags: 0,
+            },
+        ],
+    );
+    let status_chunk = picked(
+        1,
+        last_chunk(proto::NBD_REPLY_TYPE_BLOCK_STATUS, 2, &status),
+    );
+    let status_payload = picked(2, status);
+    let mut e = 5u32.to_be_bytes().to_vec();
+    e.extend_from_slice(&2u16.to_be_bytes());
+    e.extend_from_slice(b"io");
+    e.extend_from_slice(&4096u64.to_be_bytes());
+    let error = picked(1, last_chunk(proto::NBD_REPLY_TYPE_ERROR_OFFSET, 3, &e));
+    let request = Request {
+        flags: 0,
+        command: proto::NBD_CMD_BLOCK_STATUS,
+        cookie: 9,
+        offset: 0,
+        len: 1 << 30,
+    };
+    let request = picked(3, request.encode().to_vec());
+    vec![
+        ("greeting", greeting),
+        ("info_export", info),
+        ("read_data", read),
+        ("read_hole", hole),
+        ("block_status_chunk", status_chunk),
+        ("block_status_payload", status_payload),
+        ("error_offset", error),
+        ("request", request),
+    ]
+}
+
+/// The committed seeds are the ones this file makes, and the fuzz body
+/// accepts each; `RHA_WRITE_NBD_SEEDS=1` rewrites them.
+#[test]
+fn fuzz_body_on_the_seed_corpus() {
+    let dir = corpus_dir();
+    let write = std::env::var_os("RHA_WRITE_NBD_SEEDS").is_some();
+    if write {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    for (name, bytes) in seeds() {
+        let path = dir.join(name);
+        if write {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let committed = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (RHA_WRITE_NBD_SEEDS=1 writes the seeds)",
+                path.display()
+            )
+        });
+        assert_eq!(committed, bytes, "{} is stale", path.display());
+        proto::fuzz_replies(&bytes);
+    }
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        proto::fuzz_replies(&std::fs::read(entry.unwrap().path()).unwrap());
+    }
+}

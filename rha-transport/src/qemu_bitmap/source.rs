@@ -368,7 +368,7 @@ mod tests {
     fn the_bound_holds_by_merging() {
         let mut d = DirtyRanges::with_limit(8);
         for i in 0..1000u64 {
-            d.push(i * 128 << 10..(i * 128 + 64) << 10);
+            d.push((i * 128) << 10..(i * 128 + 64) << 10);
         }
         assert!(d.ranges().len() <= 8);
         assert_eq!(d.dirty_bytes(), 1000 * (64 << 10));
