@@ -6,7 +6,8 @@
 //! rha scenario   new | validate | run | stop | status | bookmark | points | switchover
 //! rha vm start   start the replica VM of a stopped scenario (from a recovery point)
 //! rha cert       make the scenario CA and engine/operator certificates
-//! rha sync       synchronise two images offline (block- or volume-level)
+//! rha sync       synchronise two images offline (block- or volume-level), or
+//!                only what a QEMU dirty bitmap marks (--dirty-bitmap, over NBD)
 //! rha vhd        make, check or strip a fixed VHD footer
 //! rha cloud      cloud accounts, the VMs of a region, Azure switchover VMs
 //! ```
@@ -14,6 +15,7 @@
 //! Exit codes: 0 success, 1 failure, 2 invalid input, 3 engine unreachable
 //! or authentication refused, 4 wrong scenario state.
 
+mod bitmap;
 mod cloud;
 mod demo;
 mod remote;
@@ -29,6 +31,7 @@ use rha_core::sink::MemSink;
 use rha_core::source::StaticSource;
 use rha_core::sync::{synchronise, LocalPeer, SyncMethod, SyncOptions};
 use rha_core::volume::{open_volume, vhd, FileVolume, Volume};
+use rha_transport::qemu_bitmap::BitmapReset;
 
 /// Continuous full-system block-level replication.
 #[derive(Debug, Parser)]
@@ -61,7 +64,28 @@ enum Command {
         /// Compare every block (no shortcut).
         #[arg(long)]
         force_full: bool,
-        /// The source image (raw or fixed VHD).
+        /// Synchronise only what QEMU dirty bitmap NAME marks: SRC is then its
+        /// NBD export (`nbd://HOST:PORT/EXPORT` or `nbd+unix:///EXPORT?socket=PATH`,
+        /// from `qemu-nbd -r -B NAME`) and DST must hold the image as it was
+        /// when the bitmap was added or last cleared.
+        #[arg(long, value_name = "NAME")]
+        dirty_bitmap: Option<String>,
+        /// After success, clear the bitmap with `qemu-img bitmap --clear QCOW2 NAME`
+        /// (the image must not be in use: run qemu-nbd without --persistent).
+        #[arg(
+            long,
+            value_name = "QCOW2",
+            requires = "dirty_bitmap",
+            conflicts_with = "qmp"
+        )]
+        clear_image: Option<PathBuf>,
+        /// After success, clear the bitmap of a running QEMU over its QMP socket (with --node).
+        #[arg(long, value_name = "SOCKET", requires_all = ["dirty_bitmap", "node"])]
+        qmp: Option<PathBuf>,
+        /// The block node that holds the bitmap (for --qmp).
+        #[arg(long, value_name = "NODE", requires = "qmp")]
+        node: Option<String>,
+        /// The source image (raw or fixed VHD), or with --dirty-bitmap an NBD export.
         src: PathBuf,
         /// The destination image; created (raw, sparse) at the source's size when missing.
         dst: PathBuf,
@@ -152,9 +176,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync {
             method,
             force_full,
+            dirty_bitmap,
+            clear_image,
+            qmp,
+            node,
             src,
             dst,
         } => {
+            let method = match method {
+                Method::Block => SyncMethod::Block,
+                Method::Volume => SyncMethod::Volume,
+            };
+            if let Some(bitmap) = dirty_bitmap {
+                let reset = match (clear_image, qmp, node) {
+                    (Some(image), _, _) => Some(BitmapReset::Image { image }),
+                    (None, Some(socket), Some(node)) => Some(BitmapReset::Qmp { socket, node }),
+                    _ => None,
+                };
+                return bitmap::run(bitmap::BitmapSync {
+                    bitmap,
+                    src,
+                    dst,
+                    method,
+                    force_full,
+                    reset,
+                });
+            }
             let master: Arc<dyn Volume> =
                 Arc::from(open_volume(&src).with_context(|| format!("opening {}", src.display()))?);
             let replica: Arc<dyn Volume> = if dst.exists() {
@@ -163,10 +210,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Arc::new(FileVolume::create(&dst, master.size())?)
             };
             let sink = MemSink::with_volumes(vec![replica]);
-            let mut options = SyncOptions::new(match method {
-                Method::Block => SyncMethod::Block,
-                Method::Volume => SyncMethod::Volume,
-            });
+            let mut options = SyncOptions::new(method);
             options.force_full_verification = force_full;
             let report = synchronise(
                 &StaticSource::new(vec![master]),

@@ -10,11 +10,13 @@
 //! - [`link`]: one live connection: request ids, heartbeats, counters, back-pressure.
 //! - [`connect`]: calling and accepting, TLS and the versioned handshake.
 //! - [`engine`]: the engine daemon: master and replica roles, NAT mode, Is Alive, switchover.
+//! - [`qemu_bitmap`]: incremental synchronisation from a QEMU dirty bitmap read over NBD (`qemu-nbd -B`).
 
 pub mod cert;
 pub mod connect;
 pub mod engine;
 pub mod limit;
 pub mod link;
+pub mod qemu_bitmap;
 pub mod tls;
 pub mod wire;

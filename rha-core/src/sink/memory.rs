@@ -43,6 +43,17 @@ impl MemSink {
         }
     }
 
+    /// A replica over existing volumes that the caller knows to hold the
+    /// master as `state` says: with `synced` set, a synchronisation from a
+    /// source that knows what changed since (a dirty bitmap, a change log)
+    /// compares or copies only those regions.
+    pub fn with_state(volumes: Vec<Arc<dyn Volume>>, state: ReplicaState) -> Self {
+        MemSink {
+            volumes,
+            state: Mutex::new(state),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ReplicaState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -79,7 +90,12 @@ impl ReplicaSink for MemSink {
         Ok(())
     }
 
+    /// Flushes the volumes first: the synchronisation's writes are durable
+    /// when this returns, as the contract of `end_sync` wants.
     fn end_sync(&self, base: Seq) -> Result<(), SinkError> {
+        for v in &self.volumes {
+            v.flush()?;
+        }
         let mut state = self.lock();
         state.applied = base;
         state.synced = true;

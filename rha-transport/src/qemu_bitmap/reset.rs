@@ -1,0 +1,292 @@
+//! Clearing the dirty bitmap once the replica holds its regions: an explicit
+//! step that needs the proof that a synchronisation landed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// How long `qemu-img` is retried while the image is still locked (a
+/// `qemu-nbd` that exits when its last client disconnects needs a moment).
+const LOCK_RETRY: Duration = Duration::from_secs(10);
+/// How long one QMP read or write may block.
+const QMP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of one QMP message accepted.
+const MAX_QMP_LINE: u64 = 1 << 20;
+/// Most messages (events) skipped while waiting for a command's answer.
+const MAX_QMP_MESSAGES: usize = 1000;
+
+/// Proof that a synchronisation of a bitmap's dirty ranges landed durably on
+/// the replica: made only by
+/// [`DirtyBitmapSource::finish`](super::DirtyBitmapSource::finish), consumed by
+/// [`BitmapReset::reset`]. So a bitmap is never cleared before the replica
+/// holds what it marked.
+#[derive(Debug)]
+pub struct Synchronised {
+    pub(super) bitmap: String,
+    pub(super) dirty_bytes: u64,
+}
+
+impl Synchronised {
+    /// The bitmap that was synchronised.
+    pub fn bitmap(&self) -> &str {
+        &self.bitmap
+    }
+
+    /// Bytes the bitmap marked dirty when it was last walked.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty_bytes
+    }
+}
+
+/// How to clear the bitmap after a successful synchronisation.
+///
+/// Writes that reach the image after the bitmap was walked and before it is
+/// cleared are lost from the bitmap: clear an image that is not in use, or
+/// (for a running VM) read a point-in-time export (QEMU's image fleecing or a
+/// snapshot) and clear in the same quiet moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BitmapReset {
+    /// `qemu-img bitmap --clear IMAGE NAME`: for an image no process holds
+    /// open (the `qemu-nbd` export must have exited; the reset waits a few
+    /// seconds for that).
+    Image {
+        /// The qcow2 image.
+        image: PathBuf,
+    },
+    /// QMP `block-dirty-bitmap-clear` on a running QEMU.
+    Qmp {
+        /// The VM's QMP unix socket (`-qmp unix:PATH,server=on,wait=off`).
+        socket: PathBuf,
+        /// The block node that holds the bitmap (its node name or device id).
+        node: String,
+    },
+}
+
+impl BitmapReset {
+    /// Clears the bitmap that `proof` names (a failed reset may be retried with the same proof).
+    pub fn reset(&self, proof: &Synchronised) -> Result<(), ResetError> {
+        match self {
+            BitmapReset::Image { image } => clear_with_qemu_img(image, &proof.bitmap),
+            BitmapReset::Qmp { socket, node } => {
+                let mut qmp = Qmp::connect(socket)?;
+                qmp.execute(
+                    "block-dirty-bitmap-clear",
+                    json!({ "node": node, "name": proof.bitmap }),
+                )?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn clear_with_qemu_img(image: &Path, bitmap: &str) -> Result<(), ResetError> {
+    let started = Instant::now();
+    loop {
+        let out = Command::new("qemu-img")
+            .args(["bitmap", "--clear", "-f", "qcow2"])
+            .arg(image)
+            .arg(bitmap)
+            .output()
+            .map_err(|source| ResetError::Spawn {
+                program: "qemu-img",
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let locked = stderr.contains("lock");
+        if !locked || started.elapsed() >= LOCK_RETRY {
+            return Err(ResetError::QemuImg {
+                image: image.to_path_buf(),
+                bitmap: bitmap.to_string(),
+                status: out.status.to_string(),
+                stderr: if locked {
+                    format!("{stderr} (the image is still in use: stop the qemu-nbd export, or start it without --persistent so it exits when rha disconnects)")
+                } else {
+                    stderr
+                },
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A minimal QMP client: greeting, `qmp_capabilities`, then commands.
+struct Qmp {
+    socket: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    fn connect(socket: &Path) -> Result<Self, ResetError> {
+        let io = |op: &'static str| {
+            move |source| ResetError::QmpIo {
+                socket: socket.to_path_buf(),
+                op,
+                source,
+            }
+        };
+        let stream = UnixStream::connect(socket).map_err(io("connect to"))?;
+        stream
+            .set_read_timeout(Some(QMP_TIMEOUT))
+            .map_err(io("configure"))?;
+        stream
+            .set_write_timeout(Some(QMP_TIMEOUT))
+            .map_err(io("configure"))?;
+        let writer = stream.try_clone().map_err(io("configure"))?;
+        let mut qmp = Qmp {
+            socket: socket.to_path_buf(),
+            reader: BufReader::new(stream),
+            writer,
+        };
+        let greeting = qmp.message()?;
+        if greeting.get("QMP").is_none() {
+            return Err(qmp.protocol(format!("the greeting has no \"QMP\" member: {greeting}")));
+        }
+        qmp.execute("qmp_capabilities", json!({}))?;
+        Ok(qmp)
+    }
+
+    /// Sends a command and waits for its `return` (events are skipped).
+    fn execute(&mut self, command: &'static str, arguments: Value) -> Result<Value, ResetError> {
+        let mut line = json!({ "execute": command, "arguments": arguments }).to_string();
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .map_err(|source| ResetError::QmpIo {
+                socket: self.socket.clone(),
+                op: "send a command to",
+                source,
+            })?;
+        for _ in 0..MAX_QMP_MESSAGES {
+            let msg = self.message()?;
+            if let Some(r) = msg.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = msg.get("error") {
+                let field = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                return Err(ResetError::QmpRefused {
+                    socket: self.socket.clone(),
+                    command,
+                    class: field("class"),
+                    desc: field("desc"),
+                });
+            }
+            if msg.get("event").is_none() {
+                return Err(self.protocol(format!(
+                    "an answer that is neither return, error nor event: {msg}"
+                )));
+            }
+        }
+        Err(self.protocol(format!(
+            "no answer to {command} after {MAX_QMP_MESSAGES} events"
+        )))
+    }
+
+    /// Reads one message (one JSON object per line, at most [`MAX_QMP_LINE`] bytes).
+    fn message(&mut self) -> Result<Value, ResetError> {
+        let mut line = Vec::new();
+        let n = (&mut self.reader)
+            .take(MAX_QMP_LINE)
+            .read_until(b'\n', &mut line)
+            .map_err(|source| ResetError::QmpIo {
+                socket: self.socket.clone(),
+                op: "read from",
+                source,
+            })?;
+        if n == 0 {
+            return Err(self.protocol("QEMU closed the connection".into()));
+        }
+        if !line.ends_with(b"\n") {
+            return Err(self.protocol(format!("a message longer than {MAX_QMP_LINE} bytes")));
+        }
+        serde_json::from_slice::<Value>(&line)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or_else(|| {
+                self.protocol(format!(
+                    "not a JSON object: {}",
+                    String::from_utf8_lossy(&line[..line.len().min(200)]).trim()
+                ))
+            })
+    }
+
+    fn protocol(&self, detail: String) -> ResetError {
+        ResetError::QmpProtocol {
+            socket: self.socket.clone(),
+            detail,
+        }
+    }
+}
+
+/// What went wrong while clearing a dirty bitmap.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResetError {
+    /// No synchronisation of the bitmap's ranges landed, so it is not cleared.
+    #[error(
+        "dirty bitmap {bitmap:?} is not cleared: no synchronisation of its dirty ranges completed"
+    )]
+    NotSynchronised {
+        /// The bitmap.
+        bitmap: String,
+    },
+    /// A program could not be started.
+    #[error("run {program}: {source} (is qemu-utils installed?)")]
+    Spawn {
+        /// The program.
+        program: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `qemu-img bitmap --clear` failed.
+    #[error("qemu-img bitmap --clear {} {bitmap} failed ({status}): {stderr}", image.display())]
+    QemuImg {
+        /// The image.
+        image: PathBuf,
+        /// The bitmap.
+        bitmap: String,
+        /// How qemu-img exited.
+        status: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// The QMP socket failed.
+    #[error("QMP {op} {}: {source}", socket.display())]
+    QmpIo {
+        /// The socket.
+        socket: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU answered something that is not QMP.
+    #[error("QMP {}: {detail}", socket.display())]
+    QmpProtocol {
+        /// The socket.
+        socket: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// QEMU refused the command.
+    #[error("QMP {}: {command} failed: {class}: {desc}", socket.display())]
+    QmpRefused {
+        /// The socket.
+        socket: PathBuf,
+        /// The command.
+        command: &'static str,
+        /// QEMU's error class.
+        class: String,
+        /// QEMU's description.
+        desc: String,
+    },
+}
