@@ -1,5 +1,5 @@
 //! Control requests (operator → engine, and appliance → master), carried as
-//! JSON in [`Message::Control`](crate::wire::Message::Control), and the
+//! JSON in [`Message::Control`], and the
 //! [`Client`] that operators' tools use to send them.
 
 use std::sync::Arc;
