@@ -15,7 +15,6 @@
 //! `latest`, `seq:N`, or a point's id or name.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use azure_core::prelude::{LeaseId, Metadata, Prefix};
@@ -57,42 +56,11 @@ pub struct RecoveryPoint {
     pub disks: Vec<DiskSnapshot>,
 }
 
-/// Which recovery point a switchover or `vm start` uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PointSelector {
-    /// The replica as it is now (a new point is taken when the newest one is older).
-    Latest,
-    /// The newest point at exactly this sequence.
-    Seq(Seq),
-    /// A point's id, or else the newest point of this name.
-    Named(String),
-}
-
-impl FromStr for PointSelector {
-    type Err = std::convert::Infallible;
-
-    /// `latest`, `seq:N`, or anything else as an id or name.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("latest") {
-            return Ok(PointSelector::Latest);
-        }
-        if let Some(n) = s.strip_prefix("seq:").and_then(|n| n.trim().parse().ok()) {
-            return Ok(PointSelector::Seq(n));
-        }
-        Ok(PointSelector::Named(s.to_string()))
-    }
-}
-
-impl std::fmt::Display for PointSelector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PointSelector::Latest => write!(f, "latest"),
-            PointSelector::Seq(n) => write!(f, "seq:{n}"),
-            PointSelector::Named(s) => write!(f, "{s}"),
-        }
-    }
-}
+/// Which recovery point a switchover or `vm start` uses: the engine's
+/// [`PointChoice`](rha_transport::engine::PointChoice), under the name this
+/// crate has always used (`latest`, `seq:N`, or a point's id, name or
+/// sequence).
+pub use rha_transport::engine::PointChoice as PointSelector;
 
 /// Finds the point `selector` names among `points` (which `Latest` does not
 /// use: it depends on the replica's state, see the sink and [`crate::resolve_recovery_point`]).
@@ -109,7 +77,11 @@ pub fn select_point<'a>(
         PointSelector::Named(s) => points
             .iter()
             .find(|p| &p.id == s)
-            .or_else(|| newest(&mut points.iter().filter(|p| &p.name == s))),
+            .or_else(|| newest(&mut points.iter().filter(|p| &p.name == s)))
+            .or_else(|| {
+                let n: Seq = s.parse().ok()?;
+                newest(&mut points.iter().filter(|p| p.seq == n))
+            }),
     }
 }
 
