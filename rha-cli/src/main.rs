@@ -9,6 +9,7 @@
 //! rha sync       synchronise two images offline (block- or volume-level)
 //! rha vhd        make, check or strip a fixed VHD footer
 //! rha cloud      cloud accounts, the VMs of a region, Azure switchover VMs
+//! rha nbd serve  serve one image over NBD as a tracked (journalled) volume
 //! ```
 //!
 //! Exit codes: 0 success, 1 failure, 2 invalid input, 3 engine unreachable
@@ -16,6 +17,7 @@
 
 mod cloud;
 mod demo;
+mod nbd;
 mod remote;
 
 use std::path::PathBuf;
@@ -76,6 +78,9 @@ enum Command {
     Cert(remote::CertCommand),
     /// Cloud accounts, the VMs of a region, and switchover VMs in Azure.
     Cloud(cloud::CloudArgs),
+    /// Serve an image over NBD as a tracked volume (every write journalled).
+    #[command(subcommand)]
+    Nbd(nbd::NbdCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -209,5 +214,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Vm(cmd) => remote::vm(cmd, &cli.auth),
         Command::Cert(cmd) => remote::cert(cmd),
         Command::Cloud(args) => cloud::run(args),
+        Command::Nbd(cmd) => nbd::run(cmd, &cli.auth),
     }
 }

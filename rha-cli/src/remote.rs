@@ -49,7 +49,13 @@ pub struct Auth {
 }
 
 impl Auth {
-    fn security(&self, default_name: &str) -> Result<Security, ExitError> {
+    /// Whether certificates were given (`--certs` or `RHA_CERTS`).
+    pub(crate) fn has_certs(&self) -> bool {
+        self.certs.is_some()
+    }
+
+    /// TLS with the certificate `--as` (default `default_name`), or plaintext when asked for.
+    pub(crate) fn security(&self, default_name: &str) -> Result<Security, ExitError> {
         if self.insecure_plaintext {
             eprintln!("rha: WARNING: --insecure-plaintext: traffic is neither encrypted nor authenticated");
             return Ok(Security::InsecurePlaintext);
@@ -83,7 +89,8 @@ pub struct ExitError {
 }
 
 impl ExitError {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    /// An error with its exit status.
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
         ExitError {
             code,
             message: message.into(),
@@ -334,7 +341,8 @@ pub enum CertCommand {
     },
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// The multi-threaded tokio runtime of the commands.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -10,11 +10,13 @@
 //! - [`link`]: one live connection: request ids, heartbeats, counters, back-pressure.
 //! - [`connect`]: calling and accepting, TLS and the versioned handshake.
 //! - [`engine`]: the engine daemon: master and replica roles, NAT mode, Is Alive, switchover.
+//! - [`nbd`]: the NBD server front-end through which a VM or a Linux host writes to a protected volume.
 
 pub mod cert;
 pub mod connect;
 pub mod engine;
 pub mod limit;
 pub mod link;
+pub mod nbd;
 pub mod tls;
 pub mod wire;
