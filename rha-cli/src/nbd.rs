@@ -114,26 +114,36 @@ fn serve(args: ServeArgs, auth: &Auth) -> Result<ExitCode> {
     let volume: Arc<dyn Volume> = Arc::from(
         open_volume(&args.image).with_context(|| format!("opening {}", args.image.display()))?,
     );
-    let journal_dir = args.journal.clone().unwrap_or_else(|| default_journal(&args.image));
+    let journal_dir = args
+        .journal
+        .clone()
+        .unwrap_or_else(|| default_journal(&args.image));
     let config = JournalConfig {
         max_bytes: args.journal_max_mb.saturating_mul(1 << 20),
         fsync: match args.fsync {
             Fsync::Always => FsyncPolicy::Always,
-            Fsync::Interval => FsyncPolicy::Interval(Duration::from_millis(args.fsync_interval_ms.max(1))),
+            Fsync::Interval => {
+                FsyncPolicy::Interval(Duration::from_millis(args.fsync_interval_ms.max(1)))
+            }
             Fsync::Never => FsyncPolicy::Never,
         },
         ..JournalConfig::default()
     };
     let sizes = [volume.size()];
-    let (set, recovery) = TrackedSet::open(&journal_dir, config.clone(), vec![volume], Events::new())
-        .with_context(|| format!("opening the journal in {}", journal_dir.display()))?;
+    let (set, recovery) =
+        TrackedSet::open(&journal_dir, config.clone(), vec![volume], Events::new())
+            .with_context(|| format!("opening the journal in {}", journal_dir.display()))?;
     for w in &recovery.warnings {
         eprintln!("rha: journal: {w}");
     }
     let tracked = set.volume(0).context("the tracked volume")?;
     let export = NbdExport {
         name: stem.clone(),
-        description: format!("rha: {} (journal {})", args.image.display(), journal_dir.display()),
+        description: format!(
+            "rha: {} (journal {})",
+            args.image.display(),
+            journal_dir.display()
+        ),
         volume: Arc::new(tracked),
         read_only: args.read_only,
     };
@@ -148,8 +158,7 @@ fn serve(args: ServeArgs, auth: &Auth) -> Result<ExitCode> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, export = %stem, journal = %journal_dir.display(), "serving over NBD");
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

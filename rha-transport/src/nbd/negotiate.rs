@@ -343,7 +343,12 @@ mod tests {
         let mut out = Vec::new();
         let e = exports();
         assert_eq!(
-            n.answer(NBD_OPT_STRUCTURED_REPLY, Ok(OptionRequest::StructuredReply), &*e, &mut out),
+            n.answer(
+                NBD_OPT_STRUCTURED_REPLY,
+                Ok(OptionRequest::StructuredReply),
+                &*e,
+                &mut out
+            ),
             Next::Continue
         );
         let go = OptionRequest::Go(InfoRequest {
@@ -357,7 +362,10 @@ mod tests {
         assert!(a.structured && a.flags & NBD_FLAG_SEND_DF != 0);
         let r = replies(&out);
         let kinds: Vec<u32> = r.iter().map(|r| r.reply).collect();
-        assert_eq!(kinds, [NBD_REP_ACK, NBD_REP_INFO, NBD_REP_INFO, NBD_REP_ACK]);
+        assert_eq!(
+            kinds,
+            [NBD_REP_ACK, NBD_REP_INFO, NBD_REP_INFO, NBD_REP_ACK]
+        );
         assert_eq!(&r[1].data[..2], &NBD_INFO_EXPORT.to_be_bytes());
         assert_eq!(&r[2].data[..2], &NBD_INFO_BLOCK_SIZE.to_be_bytes());
     }
@@ -367,14 +375,23 @@ mod tests {
         let mut n = Negotiation::new(TlsMode::Required, flags());
         let e = exports();
         let mut out = Vec::new();
-        assert_eq!(n.answer(NBD_OPT_LIST, Ok(OptionRequest::List), &*e, &mut out), Next::Continue);
+        assert_eq!(
+            n.answer(NBD_OPT_LIST, Ok(OptionRequest::List), &*e, &mut out),
+            Next::Continue
+        );
         assert_eq!(replies(&out)[0].reply, NBD_REP_ERR_TLS_REQD);
         out.clear();
-        assert_eq!(n.answer(NBD_OPT_STARTTLS, Ok(OptionRequest::StartTls), &*e, &mut out), Next::StartTls);
+        assert_eq!(
+            n.answer(NBD_OPT_STARTTLS, Ok(OptionRequest::StartTls), &*e, &mut out),
+            Next::StartTls
+        );
         assert_eq!(replies(&out)[0].reply, NBD_REP_ACK);
         n.tls_started();
         out.clear();
-        assert_eq!(n.answer(NBD_OPT_LIST, Ok(OptionRequest::List), &*e, &mut out), Next::Continue);
+        assert_eq!(
+            n.answer(NBD_OPT_LIST, Ok(OptionRequest::List), &*e, &mut out),
+            Next::Continue
+        );
         assert_eq!(replies(&out).len(), 2);
         out.clear();
         n.answer(NBD_OPT_STARTTLS, Ok(OptionRequest::StartTls), &*e, &mut out);
@@ -391,17 +408,30 @@ mod tests {
             requests: vec![],
         });
         assert_eq!(n.answer(NBD_OPT_GO, Ok(go), &*e, &mut out), Next::Continue);
-        assert_eq!(n.answer(77, Ok(OptionRequest::Unknown(77)), &*e, &mut out), Next::Continue);
+        assert_eq!(
+            n.answer(77, Ok(OptionRequest::Unknown(77)), &*e, &mut out),
+            Next::Continue
+        );
         let r = replies(&out);
         assert_eq!(r[0].reply, NBD_REP_ERR_UNKNOWN);
         assert_eq!(r[1].reply, NBD_REP_ERR_UNSUP);
         assert!(matches!(
-            n.answer(NBD_OPT_EXPORT_NAME, Ok(OptionRequest::ExportName("nope".into())), &*e, &mut out),
+            n.answer(
+                NBD_OPT_EXPORT_NAME,
+                Ok(OptionRequest::ExportName("nope".into())),
+                &*e,
+                &mut out
+            ),
             Next::Close(_)
         ));
         // The default export is the only one.
         out.clear();
-        let next = n.answer(NBD_OPT_EXPORT_NAME, Ok(OptionRequest::ExportName(String::new())), &*e, &mut out);
+        let next = n.answer(
+            NBD_OPT_EXPORT_NAME,
+            Ok(OptionRequest::ExportName(String::new())),
+            &*e,
+            &mut out,
+        );
         assert!(matches!(next, Next::Transmission(_)));
         assert_eq!(out.len(), 10, "NO_ZEROES: size and flags only");
     }

@@ -305,7 +305,9 @@ pub enum ProtoError {
     #[error("the client sent an extended-header request (magic {EXTENDED_REQUEST_MAGIC:#x}) without negotiating extended headers")]
     ExtendedRequest,
     /// The client flags hold a bit this server did not offer.
-    #[error("client flags {flags:#x} hold bits this server did not offer (it offers {offered:#x})")]
+    #[error(
+        "client flags {flags:#x} hold bits this server did not offer (it offers {offered:#x})"
+    )]
     ClientFlags {
         /// The client's flags.
         flags: u32,
@@ -840,7 +842,12 @@ pub fn encode_simple_reply(error: u32, cookie: u64) -> [u8; SIMPLE_REPLY_BYTES] 
 }
 
 /// A structured reply chunk header: `len` bytes of payload follow.
-pub fn encode_chunk_header(flags: u16, kind: u16, cookie: u64, len: u32) -> [u8; CHUNK_HEADER_BYTES] {
+pub fn encode_chunk_header(
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    len: u32,
+) -> [u8; CHUNK_HEADER_BYTES] {
     let mut b = [0u8; CHUNK_HEADER_BYTES];
     b[..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
     b[4..6].copy_from_slice(&flags.to_be_bytes());
@@ -852,7 +859,11 @@ pub fn encode_chunk_header(flags: u16, kind: u16, cookie: u64, len: u32) -> [u8;
 
 /// The header of a final `NBD_REPLY_TYPE_OFFSET_DATA` chunk carrying
 /// `data_len` bytes read at `offset`: the data follows it.
-pub fn encode_offset_data_header(cookie: u64, offset: u64, data_len: u32) -> [u8; CHUNK_HEADER_BYTES + 8] {
+pub fn encode_offset_data_header(
+    cookie: u64,
+    offset: u64,
+    data_len: u32,
+) -> [u8; CHUNK_HEADER_BYTES + 8] {
     let mut b = [0u8; CHUNK_HEADER_BYTES + 8];
     b[..CHUNK_HEADER_BYTES].copy_from_slice(&encode_chunk_header(
         NBD_REPLY_FLAG_DONE,
@@ -975,7 +986,14 @@ pub struct Limits {
 pub fn check_request(r: &Request, limits: &Limits) -> Result<(), Refusal> {
     let name = command_name(r.kind);
     let allowed = match r.kind {
-        NBD_CMD_READ => NBD_CMD_FLAG_FUA | if limits.structured { NBD_CMD_FLAG_DF } else { 0 },
+        NBD_CMD_READ => {
+            NBD_CMD_FLAG_FUA
+                | if limits.structured {
+                    NBD_CMD_FLAG_DF
+                } else {
+                    0
+                }
+        }
         NBD_CMD_WRITE | NBD_CMD_TRIM | NBD_CMD_FLUSH | NBD_CMD_CACHE => NBD_CMD_FLAG_FUA,
         NBD_CMD_WRITE_ZEROES => NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE,
         NBD_CMD_DISC => 0,
@@ -1067,8 +1085,7 @@ mod tests {
     #[test]
     fn client_flags_must_be_offered() {
         let offered = NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES;
-        assert!(decode_client_flags([0, 0, 0, 3], offered)
-            .is_ok_and(|f| f.no_zeroes));
+        assert!(decode_client_flags([0, 0, 0, 3], offered).is_ok_and(|f| f.no_zeroes));
         assert!(decode_client_flags([0, 0, 0, 1], offered).is_ok_and(|f| !f.no_zeroes));
         assert!(matches!(
             decode_client_flags([0, 0, 0, 0], offered),
@@ -1090,7 +1107,10 @@ mod tests {
         let data = go.encode_data();
         assert_eq!(decode_option(NBD_OPT_GO, &data), Ok(go));
         for cut in 0..data.len() {
-            assert!(decode_option(NBD_OPT_GO, &data[..cut]).is_err(), "cut {cut}");
+            assert!(
+                decode_option(NBD_OPT_GO, &data[..cut]).is_err(),
+                "cut {cut}"
+            );
         }
         assert!(decode_option(NBD_OPT_LIST, b"x").is_err());
         assert_eq!(decode_option(99, b"xyz"), Ok(OptionRequest::Unknown(99)));
@@ -1117,7 +1137,10 @@ mod tests {
         assert_eq!(e(req(NBD_CMD_WRITE, u64::MAX - 511, 512)), Err(NBD_ENOSPC));
         assert_eq!(e(req(NBD_CMD_READ, 1, 512)), Err(NBD_EINVAL));
         assert_eq!(e(req(NBD_CMD_READ, 0, 0)), Err(NBD_EINVAL));
-        assert_eq!(e(req(NBD_CMD_READ, 0, MAX_PAYLOAD + 512)), Err(NBD_EOVERFLOW));
+        assert_eq!(
+            e(req(NBD_CMD_READ, 0, MAX_PAYLOAD + 512)),
+            Err(NBD_EOVERFLOW)
+        );
         assert_eq!(e(req(NBD_CMD_BLOCK_STATUS, 0, 512)), Err(NBD_EINVAL));
         assert_eq!(e(req(NBD_CMD_FLUSH, 0, 0)), Ok(()));
         let mut df = req(NBD_CMD_READ, 0, 512);

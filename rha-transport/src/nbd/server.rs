@@ -381,15 +381,19 @@ async fn read_handshake<S: AsyncRead + Unpin>(
 ) -> Result<(), ConnError> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, s.read_exact(buf)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ConnError::Closed(
-            format!("the client closed the connection during {what}"),
-        )),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ConnError::Closed(format!(
+            "the client closed the connection during {what}"
+        ))),
         Ok(Err(e)) => Err(ConnError::Io { what, source: e }),
         Err(_) => Err(ConnError::Timeout { what }),
     }
 }
 
-async fn connection(inner: Arc<Inner>, mut tcp: TcpStream, peer: SocketAddr) -> Result<(), ConnError> {
+async fn connection(
+    inner: Arc<Inner>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), ConnError> {
     let _ = tcp.set_nodelay(true);
     let offered = NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES;
     tcp.write_all(&encode_greeting(offered))
@@ -458,11 +462,17 @@ async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
         } else {
             let mut data = vec![0u8; header.len as usize];
             read_handshake(s, &mut data, "an option's data").await?;
-            tracing::debug!(option = option_name(header.option), len = header.len, "NBD option");
+            tracing::debug!(
+                option = option_name(header.option),
+                len = header.len,
+                "NBD option"
+            );
             let request = decode_option(header.option, &data);
             neg.answer(header.option, request, inner, &mut out)
         };
-        s.write_all(&out).await.map_err(io_err("sending an option reply"))?;
+        s.write_all(&out)
+            .await
+            .map_err(io_err("sending an option reply"))?;
         s.flush().await.map_err(io_err("sending an option reply"))?;
         match next {
             Next::Continue => {}
@@ -499,7 +509,11 @@ fn volume_refusal(e: VolumeError) -> Refusal {
 }
 
 /// Runs one checked request on the volume (blocking I/O).
-fn execute(volume: &dyn Volume, r: &Request, payload: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, Refusal> {
+fn execute(
+    volume: &dyn Volume,
+    r: &Request,
+    payload: Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, Refusal> {
     let fua = r.flags & NBD_CMD_FLAG_FUA != 0;
     match r.kind {
         NBD_CMD_READ => {
@@ -537,11 +551,19 @@ fn execute(volume: &dyn Volume, r: &Request, payload: Option<Vec<u8>>) -> Result
     Ok(None)
 }
 
-async fn write_reply<W: AsyncWrite + Unpin>(w: &mut W, r: &Reply, structured: bool) -> io::Result<()> {
+async fn write_reply<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    r: &Reply,
+    structured: bool,
+) -> io::Result<()> {
     match (&r.result, r.read_at) {
         (Ok(Some(data)), Some(offset)) if structured => {
-            w.write_all(&encode_offset_data_header(r.cookie, offset, data.len() as u32))
-                .await?;
+            w.write_all(&encode_offset_data_header(
+                r.cookie,
+                offset,
+                data.len() as u32,
+            ))
+            .await?;
             w.write_all(data).await
         }
         (Ok(Some(data)), _) => {
@@ -549,8 +571,13 @@ async fn write_reply<W: AsyncWrite + Unpin>(w: &mut W, r: &Reply, structured: bo
             w.write_all(data).await
         }
         (Ok(None), Some(_)) if structured => {
-            w.write_all(&encode_chunk_header(NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r.cookie, 0))
-                .await
+            w.write_all(&encode_chunk_header(
+                NBD_REPLY_FLAG_DONE,
+                NBD_REPLY_TYPE_NONE,
+                r.cookie,
+                0,
+            ))
+            .await
         }
         (Ok(None), _) => w.write_all(&encode_simple_reply(NBD_OK, r.cookie)).await,
         (Err(e), _) if structured => {
@@ -563,7 +590,11 @@ async fn write_reply<W: AsyncWrite + Unpin>(w: &mut W, r: &Reply, structured: bo
 }
 
 /// Sends replies as they come, batching what is ready into one flush.
-async fn writer<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<Reply>, structured: bool) -> io::Result<W> {
+async fn writer<W: AsyncWrite + Unpin>(
+    w: W,
+    mut rx: mpsc::Receiver<Reply>,
+    structured: bool,
+) -> io::Result<W> {
     let mut w = BufWriter::with_capacity(256 * 1024, w);
     while let Some(r) = rx.recv().await {
         write_reply(&mut w, &r, structured).await?;
@@ -598,7 +629,12 @@ async fn discard<R: AsyncRead + Unpin>(r: &mut R, mut len: u64) -> io::Result<()
     Ok(())
 }
 
-async fn transmission<S>(inner: &Inner, stream: S, agreed: Agreed, peer: SocketAddr) -> Result<(), ConnError>
+async fn transmission<S>(
+    inner: &Inner,
+    stream: S,
+    agreed: Agreed,
+    peer: SocketAddr,
+) -> Result<(), ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -701,7 +737,12 @@ where
                     })
                 });
             if let Err(e) = &result {
-                tracing::warn!(cookie = req.cookie, "NBD {} failed: {}", command_name(req.kind), e.reason);
+                tracing::warn!(
+                    cookie = req.cookie,
+                    "NBD {} failed: {}",
+                    command_name(req.kind),
+                    e.reason
+                );
             }
             let _ = tx
                 .send(Reply {
@@ -719,7 +760,9 @@ where
     let flushed = tokio::task::spawn_blocking(move || volume.flush()).await;
     match flushed {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(%peer, export = %export.name, "flush at disconnect failed: {e}"),
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, export = %export.name, "flush at disconnect failed: {e}")
+        }
         Err(e) => tracing::warn!(%peer, export = %export.name, "flush at disconnect failed: {e}"),
     }
     drop(tx);
