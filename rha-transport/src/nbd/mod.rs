@@ -44,9 +44,12 @@
 //! - With TLS configured the server requires it (`NBD_OPT_STARTTLS` before
 //!   anything else, mutual TLS 1.3 with the certificates `rha cert` makes).
 
+mod fuzz;
 pub mod negotiate;
 pub mod proto;
 mod server;
+
+pub use fuzz::{fuzz_server_input, FuzzOutcome};
 
 pub use negotiate::{ExportInfo, ExportLookup, Negotiation, Next, TlsMode};
 pub use server::{

@@ -36,9 +36,9 @@ pub trait ExportLookup {
     fn find(&self, name: &str) -> Option<ExportInfo>;
 }
 
-impl ExportLookup for [ExportInfo] {
+impl ExportLookup for Vec<ExportInfo> {
     fn list(&self) -> Vec<ExportInfo> {
-        self.to_vec()
+        self.clone()
     }
     fn find(&self, name: &str) -> Option<ExportInfo> {
         self.iter().find(|e| e.name == name).cloned()
@@ -346,7 +346,7 @@ mod tests {
             n.answer(
                 NBD_OPT_STRUCTURED_REPLY,
                 Ok(OptionRequest::StructuredReply),
-                &*e,
+                &e,
                 &mut out
             ),
             Next::Continue
@@ -355,7 +355,7 @@ mod tests {
             name: "disk".into(),
             requests: vec![NBD_INFO_BLOCK_SIZE],
         });
-        let next = n.answer(NBD_OPT_GO, Ok(go), &*e, &mut out);
+        let next = n.answer(NBD_OPT_GO, Ok(go), &e, &mut out);
         let Next::Transmission(a) = next else {
             panic!("{next:?}")
         };
@@ -376,25 +376,25 @@ mod tests {
         let e = exports();
         let mut out = Vec::new();
         assert_eq!(
-            n.answer(NBD_OPT_LIST, Ok(OptionRequest::List), &*e, &mut out),
+            n.answer(NBD_OPT_LIST, Ok(OptionRequest::List), &e, &mut out),
             Next::Continue
         );
         assert_eq!(replies(&out)[0].reply, NBD_REP_ERR_TLS_REQD);
         out.clear();
         assert_eq!(
-            n.answer(NBD_OPT_STARTTLS, Ok(OptionRequest::StartTls), &*e, &mut out),
+            n.answer(NBD_OPT_STARTTLS, Ok(OptionRequest::StartTls), &e, &mut out),
             Next::StartTls
         );
         assert_eq!(replies(&out)[0].reply, NBD_REP_ACK);
         n.tls_started();
         out.clear();
         assert_eq!(
-            n.answer(NBD_OPT_LIST, Ok(OptionRequest::List), &*e, &mut out),
+            n.answer(NBD_OPT_LIST, Ok(OptionRequest::List), &e, &mut out),
             Next::Continue
         );
         assert_eq!(replies(&out).len(), 2);
         out.clear();
-        n.answer(NBD_OPT_STARTTLS, Ok(OptionRequest::StartTls), &*e, &mut out);
+        n.answer(NBD_OPT_STARTTLS, Ok(OptionRequest::StartTls), &e, &mut out);
         assert_eq!(replies(&out)[0].reply, NBD_REP_ERR_INVALID);
     }
 
@@ -407,9 +407,9 @@ mod tests {
             name: "nope".into(),
             requests: vec![],
         });
-        assert_eq!(n.answer(NBD_OPT_GO, Ok(go), &*e, &mut out), Next::Continue);
+        assert_eq!(n.answer(NBD_OPT_GO, Ok(go), &e, &mut out), Next::Continue);
         assert_eq!(
-            n.answer(77, Ok(OptionRequest::Unknown(77)), &*e, &mut out),
+            n.answer(77, Ok(OptionRequest::Unknown(77)), &e, &mut out),
             Next::Continue
         );
         let r = replies(&out);
@@ -419,7 +419,7 @@ mod tests {
             n.answer(
                 NBD_OPT_EXPORT_NAME,
                 Ok(OptionRequest::ExportName("nope".into())),
-                &*e,
+                &e,
                 &mut out
             ),
             Next::Close(_)
@@ -429,7 +429,7 @@ mod tests {
         let next = n.answer(
             NBD_OPT_EXPORT_NAME,
             Ok(OptionRequest::ExportName(String::new())),
-            &*e,
+            &e,
             &mut out,
         );
         assert!(matches!(next, Next::Transmission(_)));
