@@ -150,6 +150,9 @@ fn serve(args: ServeArgs, auth: &Auth) -> Result<ExitCode> {
     let server = NbdServer::builder().tls(tls).export(export).build()?;
     let rt = crate::remote::runtime()?;
     rt.block_on(async {
+        // The signal handlers first: a script may signal as soon as it has the URL.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let handle = server.listen(&args.listen).await?;
         let addr = handle
             .local_addr()
@@ -158,9 +161,8 @@ fn serve(args: ServeArgs, auth: &Auth) -> Result<ExitCode> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, export = %stem, journal = %journal_dir.display(), "serving over NBD");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("stopping: finishing the requests in flight");
