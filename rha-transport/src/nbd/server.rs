@@ -31,6 +31,8 @@ pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 const BUDGET_UNIT: usize = 4096;
 /// How long the handshake may wait for each message of the client, and for TLS.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a closing connection waits for its replies to be sent.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Size of the pieces an oversized write's payload is discarded in.
 const DISCARD_PIECE: usize = 64 * 1024;
 
@@ -712,8 +714,15 @@ where
             _ => 0,
         };
         let cost = (bytes.div_ceil(BUDGET_UNIT) as u32).clamp(1, units);
-        let Ok(permit) = budget.clone().acquire_many_owned(cost).await else {
-            break End::Shutdown;
+        // A client that never reads its replies stops here once the budget
+        // is spent, until the server or the export shuts down.
+        let permit = tokio::select! {
+            p = budget.clone().acquire_many_owned(cost) => match p {
+                Ok(p) => p,
+                Err(_) => break End::Shutdown,
+            },
+            _ = until_true(&mut stop) => break End::Shutdown,
+            _ = until_true(&mut removed) => break End::Shutdown,
         };
         let payload = if req.kind == NBD_CMD_WRITE {
             let mut data = vec![0u8; bytes];
@@ -754,8 +763,18 @@ where
                 .await;
         });
     };
-    // Everything read is executed and answered before the connection closes.
-    while tasks.join_next().await.is_some() {}
+    // Everything read is executed and answered before the connection
+    // closes; a client that does not read its replies gets DRAIN_TIMEOUT
+    // (the writes were done before their replies: aborting loses no write).
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(%peer, export = %export.name, "the client did not read its replies for {} s: closing", DRAIN_TIMEOUT.as_secs());
+        tasks.abort_all();
+        writer.abort();
+    }
     let volume = export.volume.clone();
     let flushed = tokio::task::spawn_blocking(move || volume.flush()).await;
     match flushed {
