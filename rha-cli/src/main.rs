@@ -10,6 +10,7 @@
 //!                only what a QEMU dirty bitmap marks (--dirty-bitmap, over NBD)
 //! rha vhd        make, check or strip a fixed VHD footer
 //! rha cloud      cloud accounts, the VMs of a region, Azure switchover VMs
+//! rha nbd serve  serve one image over NBD as a tracked (journalled) volume
 //! ```
 //!
 //! Exit codes: 0 success, 1 failure, 2 invalid input, 3 engine unreachable
@@ -18,6 +19,7 @@
 mod bitmap;
 mod cloud;
 mod demo;
+mod nbd;
 mod remote;
 
 use std::path::PathBuf;
@@ -110,6 +112,9 @@ enum Command {
     Cert(remote::CertCommand),
     /// Cloud accounts, the VMs of a region, and switchover VMs in Azure.
     Cloud(cloud::CloudArgs),
+    /// Serve an image over NBD as a tracked volume (every write journalled).
+    #[command(subcommand)]
+    Nbd(nbd::NbdCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -263,5 +268,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Vm(r) => remote::vm(r.command, &r.auth),
         Command::Cert(cmd) => remote::cert(cmd),
         Command::Cloud(args) => cloud::run(args),
+        Command::Nbd(cmd) => nbd::run(cmd, &cli.auth),
     }
 }

@@ -17,7 +17,9 @@ use rha_core::cloud::local::Qemu;
 use rha_core::scenario::{Replica, Scenario, Template};
 use rha_transport::cert::{self, LeafKind};
 use rha_transport::connect::Security;
-use rha_transport::engine::{Client, ClientError, ControlRequest, Engine, EngineConfig, Targets};
+use rha_transport::engine::{
+    Client, ClientError, ControlRequest, Engine, EngineConfig, NbdListen, Targets,
+};
 use rha_transport::tls::{Tls, TlsSettings, Trust};
 
 /// Exit status: the operation failed.
@@ -49,7 +51,13 @@ pub struct Auth {
 }
 
 impl Auth {
-    fn security(&self, default_name: &str) -> Result<Security, ExitError> {
+    /// Whether certificates were given (`--certs` or `RHA_CERTS`).
+    pub(crate) fn has_certs(&self) -> bool {
+        self.certs.is_some()
+    }
+
+    /// TLS with the certificate `--as` (default `default_name`), or plaintext when asked for.
+    pub(crate) fn security(&self, default_name: &str) -> Result<Security, ExitError> {
         if self.insecure_plaintext {
             eprintln!("rha: WARNING: --insecure-plaintext: traffic is neither encrypted nor authenticated");
             return Ok(Security::InsecurePlaintext);
@@ -83,7 +91,8 @@ pub struct ExitError {
 }
 
 impl ExitError {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    /// An error with its exit status.
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
         ExitError {
             code,
             message: message.into(),
@@ -135,6 +144,16 @@ pub struct EngineArgs {
     /// Print the listening address on stdout once ready (for scripts and tests).
     #[arg(long)]
     print_addr: bool,
+    /// Serve the volumes of scenarios with `[capture] method = "nbd"` as NBD
+    /// exports `<scenario>/<file stem>` on this address (port 0: any free
+    /// port, written to DATA/nbd.addr). TLS with the engine's certificate
+    /// unless --nbd-plaintext.
+    #[arg(long, value_name = "ADDR")]
+    nbd_listen: Option<String>,
+    /// Serve the NBD exports without TLS (for a loopback listener, where
+    /// the VM runs on the master itself).
+    #[arg(long, requires = "nbd_listen")]
+    nbd_plaintext: bool,
     /// The cloud accounts file Azure scenarios name their account in
     /// (default `$XDG_CONFIG_HOME/rha/accounts.json`, or `~/.config/rha/accounts.json`).
     #[arg(long, env = "RHA_ACCOUNTS", value_name = "PATH")]
@@ -334,7 +353,8 @@ pub enum CertCommand {
     },
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// The multi-threaded tokio runtime of the commands.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -353,12 +373,19 @@ pub fn engine(args: EngineArgs, auth: &Auth) -> Result<ExitCode> {
             config.qemu = Qemu::Never;
         }
         config.targets = targets(args.accounts.as_deref());
+        config.nbd = args.nbd_listen.clone().map(|addr| NbdListen {
+            addr,
+            plaintext: args.nbd_plaintext,
+        });
         let engine = Engine::start(config).await?;
         if args.print_addr {
             match engine.local_addr() {
                 Some(a) => println!("listening {a}"),
                 None => println!("listening nowhere"),
             }
+        }
+        if let Some(a) = engine.nbd_addr() {
+            eprintln!("rha engine `{}`: NBD exports on {a}", engine.name());
         }
         eprintln!(
             "rha engine `{}` running (data {}); Ctrl-C stops it",

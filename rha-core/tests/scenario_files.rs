@@ -941,3 +941,66 @@ fn bandwidth_schedule_checks() {
     let again = Scenario::from_toml_str(&s.to_toml_string().expect("serialises")).expect("reloads");
     assert_eq!(again, s);
 }
+
+/// A local template scenario with `[capture] method = "nbd"` and these volumes.
+fn nbd_scenario(volumes: Vec<rha_core::scenario::VolumeSpec>) -> Scenario {
+    let mut s = Scenario::template(Template::Local);
+    s.capture.method = rha_core::scenario::CaptureMethod::Nbd;
+    s.journal.fsync = rha_core::scenario::FsyncPolicy::Interval;
+    s.volumes = volumes;
+    s
+}
+
+fn volume(id: &str, system: bool, path: Option<&str>) -> rha_core::scenario::VolumeSpec {
+    rha_core::scenario::VolumeSpec {
+        id: id.into(),
+        system,
+        exclude: false,
+        size_bytes: None,
+        path: path.map(PathBuf::from),
+    }
+}
+
+#[test]
+fn nbd_capture_names_exports_by_file_stem() {
+    let s = nbd_scenario(vec![
+        volume("/", true, Some("/srv/vm/system.img")),
+        volume("/data", false, Some("/dev/vg0/data")),
+    ]);
+    let v = s.validate();
+    assert!(v.is_ok(), "{v}");
+    assert_eq!(
+        s.volumes[0].nbd_export_name(&s.name).as_deref(),
+        Some(format!("{}/system", s.name).as_str())
+    );
+    assert_eq!(
+        s.volumes[1].nbd_export_name(&s.name),
+        Some(format!("{}/data", s.name))
+    );
+    // The method is a keyword of the scenario file.
+    let text = s.to_toml_string().unwrap();
+    assert!(text.contains("method = \"nbd\""), "{text}");
+    assert_eq!(Scenario::from_toml_str(&text).unwrap(), s);
+}
+
+#[test]
+fn nbd_capture_needs_a_path_and_distinct_stems() {
+    let v = nbd_scenario(vec![volume("/", true, None)]).validate();
+    assert_error(
+        &v,
+        "volumes[0].path",
+        &["capture.method = \"nbd\"", "needs `path`"],
+    );
+    let v = nbd_scenario(vec![
+        volume("/", true, Some("/a/disk.img")),
+        volume("/data", false, Some("/b/disk.raw")),
+    ])
+    .validate();
+    assert_error(&v, "volumes[1].path", &["both be NBD export", "/disk`"]);
+    // The system volume rule still holds.
+    let v = nbd_scenario(vec![volume("/data", false, Some("/b/data.img"))]).validate();
+    assert_error(&v, "volumes", &["system volume"]);
+    let mut s = nbd_scenario(vec![volume("/", true, Some("/a/disk.img"))]);
+    s.journal.fsync = rha_core::scenario::FsyncPolicy::Always;
+    assert_warning(&s.validate(), "journal.fsync", "every guest write waits");
+}

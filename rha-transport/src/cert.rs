@@ -254,7 +254,13 @@ pub fn make_leaf(
         .distinguished_name
         .push(DnType::OrganizationName, "rha");
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // keyEncipherment as well: GnuTLS (QEMU's NBD client, `tls-creds-x509`)
+    // refuses a certificate whose critical key usage lacks it, for its own
+    // certificate and the peer's. TLS 1.3 never uses it, so it grants nothing.
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = match kind {
         LeafKind::Engine => vec![
             ExtendedKeyUsagePurpose::ServerAuth,

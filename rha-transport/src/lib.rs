@@ -10,6 +10,7 @@
 //! - [`link`]: one live connection: request ids, heartbeats, counters, back-pressure.
 //! - [`connect`]: calling and accepting, TLS and the versioned handshake.
 //! - [`engine`]: the engine daemon: master and replica roles, NAT mode, Is Alive, switchover.
+//! - [`nbd`]: the NBD server front-end through which a VM or a Linux host writes to a protected volume.
 //! - [`qemu_bitmap`]: incremental synchronisation from a QEMU dirty bitmap read over NBD (`qemu-nbd -B`).
 
 pub mod cert;
@@ -17,6 +18,7 @@ pub mod connect;
 pub mod engine;
 pub mod limit;
 pub mod link;
+pub mod nbd;
 pub mod qemu_bitmap;
 pub mod tls;
 pub mod wire;

@@ -68,8 +68,10 @@ pub struct Scenario {
 pub struct Capture {
     /// `rescan` (default): compare each volume with a persisted per-block
     /// hash map every `rescan_interval_ms`, so writes made by anything on the
-    /// master are found; `tracked`: writes go through the engine (a program
-    /// that embeds the library, or the NBD export) and are journalled as they happen.
+    /// master are found; `tracked`: writes go through a program that embeds
+    /// the engine and writes through a `TrackedSet`; `nbd`: the master engine
+    /// serves each volume over NBD (`rha engine --nbd-listen`) and journals
+    /// every write a VM or an `nbd-client` host makes to the export.
     #[serde(default = "default_capture_method")]
     pub method: CaptureMethod,
     /// With `method = "rescan"`: milliseconds between rescans (default 1000).
@@ -94,6 +96,9 @@ pub enum CaptureMethod {
     Rescan,
     /// Write-through tracking by the engine's own write path.
     Tracked,
+    /// Write-through tracking of what clients write to the master engine's
+    /// NBD exports (one per volume, named by [`VolumeSpec::nbd_export_name`]).
+    Nbd,
 }
 
 fn default_capture_method() -> CaptureMethod {
@@ -215,6 +220,17 @@ pub struct VolumeSpec {
     /// When absent the master engine finds the device mounted at `id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+}
+
+impl VolumeSpec {
+    /// The NBD export of this volume under `[capture] method = "nbd"`:
+    /// `<scenario>/<file stem of path>` (`web01/system` for
+    /// `path = "/srv/web01/system.img"`); `None` without a `path` or when
+    /// its stem is not UTF-8.
+    pub fn nbd_export_name(&self, scenario: &str) -> Option<String> {
+        let stem = self.path.as_ref()?.file_stem()?.to_str()?;
+        (!stem.is_empty()).then(|| format!("{scenario}/{stem}"))
+    }
 }
 
 /// Synchronisation settings.

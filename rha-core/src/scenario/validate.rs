@@ -5,8 +5,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::model::{
-    AzureReplica, BandwidthWindow, Check, FsyncPolicy, LocalReplica, Os, Product, Replica,
-    Scenario, SwitchoverMode, Weekday, BLOCK_SIZE,
+    AzureReplica, BandwidthWindow, CaptureMethod, Check, FsyncPolicy, LocalReplica, Os, Product,
+    Replica, Scenario, SwitchoverMode, Weekday, BLOCK_SIZE,
 };
 
 /// How serious a finding is.
@@ -166,6 +166,7 @@ pub(crate) fn validate(s: &Scenario) -> Validation {
         }
     }
     check_volumes(&mut c, s);
+    check_nbd_capture(&mut c, s);
     check_sync(&mut c, s);
     check_journal(&mut c, s);
     check_is_alive(&mut c, s);
@@ -644,6 +645,47 @@ fn check_volumes(c: &mut Checker, s: &Scenario) {
     }
     if s.volumes.iter().all(|v| v.exclude) {
         c.error("volumes", "Every volume is excluded, so nothing would be replicated; include at least the system volume.");
+    }
+}
+
+/// `[capture] method = "nbd"`: the master engine serves every replicated
+/// volume over NBD, so each needs an image or device `path` (a volume found
+/// by its mount point is in use by the master's own filesystem, and a second
+/// writer would corrupt it) with a distinct export name.
+fn check_nbd_capture(c: &mut Checker, s: &Scenario) {
+    if s.capture.method != CaptureMethod::Nbd {
+        return;
+    }
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, v) in s.volumes.iter().enumerate().filter(|(_, v)| !v.exclude) {
+        let base = format!("volumes[{i}].path");
+        if v.path.is_none() {
+            c.error(
+                base,
+                format!("With `capture.method = \"nbd\"` the master engine serves volume `{}` over NBD, so it needs `path` = the image file or block device the VM or the NBD client uses (not a mounted filesystem: nothing else may write to it).", v.id),
+            );
+            continue;
+        }
+        match v.nbd_export_name(&s.name) {
+            None => c.error(
+                base,
+                format!("The NBD export of volume `{}` is named after its file stem, but its path has none in UTF-8; rename the image.", v.id),
+            ),
+            Some(name) => {
+                if let Some(first) = names.insert(name.clone(), i) {
+                    c.error(
+                        base,
+                        format!("Volumes[{first}] and volumes[{i}] would both be NBD export `{name}` (exports are named `<scenario>/<file stem>`); give the images different file names."),
+                    );
+                }
+            }
+        }
+    }
+    if s.journal.fsync == FsyncPolicy::Always {
+        c.warning(
+            "journal.fsync",
+            "With `capture.method = \"nbd\"` and `fsync = \"always\"` every guest write waits for a journal fdatasync; `interval` keeps NBD's own guarantee (a guest's flush and FUA writes still sync the journal) and is much faster.",
+        );
     }
 }
 

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use rha_core::events::{Event, Events};
 use rha_core::journal::JournalConfig;
 use rha_core::scenario::{CaptureMethod, CommandSpec, Scenario};
-use rha_core::source::{ChangeSource, RescanSource, SourceError};
+use rha_core::source::{ChangeSource, RescanSource, SourceError, TrackedSet};
 use rha_core::sync::{self, SyncError, SyncOptions, SyncPeer};
-use rha_core::volume::{open_volume_read_only, Volume};
+use rha_core::volume::{open_volume, open_volume_read_only, Volume, VolumeError};
 use rha_core::Seq;
 use serde::Serialize;
 
@@ -25,6 +25,7 @@ use super::peer::RemotePeer;
 use super::{discover, EngineError};
 use crate::limit::Schedule;
 use crate::link::Link;
+use crate::nbd::{NbdExport, NbdServer};
 use crate::wire::Message;
 
 /// How often the replication loop looks for new records when idle.
@@ -84,6 +85,8 @@ pub struct MasterScenario {
     status: Mutex<MasterStatus>,
     stop_capture: Arc<AtomicBool>,
     session: Mutex<Option<Session>>,
+    /// With capture method `nbd`: the server and the exports of the volumes.
+    nbd: Option<(NbdServer, Vec<String>)>,
     /// When each not-yet-acknowledged sequence was first seen (sampled), for the lag in seconds.
     seen: Mutex<std::collections::VecDeque<(Seq, Instant)>>,
 }
@@ -112,6 +115,12 @@ impl std::fmt::Debug for MasterScenario {
     }
 }
 
+impl Drop for MasterScenario {
+    fn drop(&mut self) {
+        self.remove_exports();
+    }
+}
+
 /// Where a scenario's journal lives on this master.
 pub fn journal_dir(data_dir: &Path, scenario: &Scenario) -> PathBuf {
     let base = &scenario.journal.directory;
@@ -123,12 +132,21 @@ pub fn journal_dir(data_dir: &Path, scenario: &Scenario) -> PathBuf {
     base.join(&scenario.name)
 }
 
-/// Opens the master's volumes of `scenario` (the replicated ones, in order).
+/// Opens the master's volumes of `scenario` (the replicated ones, in order), read-only.
 pub fn open_volumes(scenario: &Scenario) -> Result<Vec<Arc<dyn Volume>>, EngineError> {
+    open_volumes_with(scenario, |p| open_volume_read_only(p))
+}
+
+/// Opens the master's volumes of `scenario` with `open` (read-only for a
+/// rescan, read-write when the engine writes to them for NBD clients).
+fn open_volumes_with(
+    scenario: &Scenario,
+    open: impl Fn(&Path) -> Result<Box<dyn Volume>, VolumeError>,
+) -> Result<Vec<Arc<dyn Volume>>, EngineError> {
     let mut out = Vec::new();
     for v in scenario.volumes.iter().filter(|v| !v.exclude) {
         let path = discover::volume_path(v)?;
-        let vol = open_volume_read_only(&path).map_err(|e| EngineError::Volume {
+        let vol = open(&path).map_err(|e| EngineError::Volume {
             volume: v.id.clone(),
             path: path.clone(),
             reason: e.to_string(),
@@ -157,10 +175,17 @@ pub fn open_volumes(scenario: &Scenario) -> Result<Vec<Arc<dyn Volume>>, EngineE
 
 impl MasterScenario {
     /// Opens (or creates) the scenario's capture state and starts capturing.
+    ///
+    /// With capture method `nbd` the scenario's volumes are opened
+    /// read-write under a [`TrackedSet`] and served by `nbd` (the engine's
+    /// `--nbd-listen` server), one export per volume named by
+    /// [`VolumeSpec::nbd_export_name`](rha_core::scenario::VolumeSpec::nbd_export_name);
+    /// without a server such a scenario is refused.
     pub fn open(
         data_dir: &Path,
         scenario: Scenario,
         provided: Option<Arc<dyn ChangeSource>>,
+        nbd: Option<&NbdServer>,
     ) -> Result<Arc<MasterScenario>, EngineError> {
         let dir = journal_dir(data_dir, &scenario);
         let fresh = !dir.join("journal").exists() && provided.is_none();
@@ -175,9 +200,21 @@ impl MasterScenario {
             }
         };
         let events = Events::new();
+        let mut served = None;
         let (source, rescan): (Arc<dyn ChangeSource>, Option<Arc<RescanSource>>) =
             match (provided, scenario.capture.method) {
                 (Some(s), _) => (s, None),
+                (None, CaptureMethod::Nbd) => {
+                    let Some(server) = nbd else {
+                        return Err(EngineError::Invalid(format!(
+                            "scenario `{}` uses capture method `nbd`, but this engine serves no NBD exports: start it with `rha engine --nbd-listen ADDR` (for example --nbd-listen 127.0.0.1:10809)",
+                            scenario.name
+                        )));
+                    };
+                    let (set, exports) = serve_nbd(&dir, &scenario, server, &events)?;
+                    served = Some((server.clone(), exports));
+                    (set as Arc<dyn ChangeSource>, None)
+                }
                 (None, CaptureMethod::Tracked) => {
                     return Err(EngineError::Invalid(format!(
                         "scenario `{}` uses capture method `tracked`, but no program attached a tracked source to this engine: use `rescan`, or embed the engine and call Engine::provide_source",
@@ -210,6 +247,7 @@ impl MasterScenario {
             }),
             stop_capture: Arc::new(AtomicBool::new(false)),
             session: Mutex::new(None),
+            nbd: served,
             seen: Mutex::new(Default::default()),
         });
         ms.start_capture();
@@ -404,16 +442,34 @@ impl MasterScenario {
         }
     }
 
-    /// Stops capturing (the engine shuts down or the scenario is reopened).
+    /// Stops capturing (the engine shuts down or the scenario is reopened);
+    /// NBD exports are removed, their clients finish and are disconnected.
     pub fn stop_capture_only(&self) {
         self.stop_capture.store(true, Ordering::Relaxed);
+        self.remove_exports();
     }
 
     /// Stops the session and capturing (the scenario was stopped; its state stays on disk).
     pub fn stop(&self) {
         self.stop_session();
-        self.stop_capture.store(true, Ordering::Relaxed);
+        self.stop_capture_only();
         self.set_state("stopped");
+    }
+
+    /// The NBD exports of the scenario's volumes (capture method `nbd`).
+    pub fn nbd_exports(&self) -> Vec<String> {
+        self.nbd
+            .as_ref()
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default()
+    }
+
+    fn remove_exports(&self) {
+        if let Some((server, exports)) = &self.nbd {
+            for e in exports {
+                server.remove_export(e);
+            }
+        }
     }
 
     /// Asks the replication thread to finish for a switchover and waits for it.
@@ -558,6 +614,59 @@ impl MasterScenario {
         peer.mark_consistent(seq)?;
         Ok(SwitchoverDone { seq })
     }
+}
+
+/// Capture method `nbd`: opens the scenario's volumes read-write under a
+/// [`TrackedSet`] (journal in the scenario's journal directory, as a rescan
+/// keeps it) and adds one export per volume to `server`.
+fn serve_nbd(
+    dir: &Path,
+    scenario: &Scenario,
+    server: &NbdServer,
+    events: &Events,
+) -> Result<(Arc<TrackedSet>, Vec<String>), EngineError> {
+    let volumes = open_volumes_with(scenario, |p| open_volume(p))?;
+    let specs: Vec<_> = scenario.volumes.iter().filter(|v| !v.exclude).collect();
+    let (set, recovery) = TrackedSet::open(
+        dir.join("journal"),
+        JournalConfig::from(&scenario.journal),
+        volumes,
+        events.clone(),
+    )
+    .map_err(|e| EngineError::Source(e.to_string()))?;
+    tracing::info!(scenario = %scenario.name, "journal opened: {recovery:?}");
+    let set = Arc::new(set);
+    let mut exports: Vec<String> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let name = spec.nbd_export_name(&scenario.name).ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "volume `{}` has no file stem to name its NBD export after",
+                spec.id
+            ))
+        })?;
+        let volume = set
+            .volume(i as u32)
+            .ok_or_else(|| EngineError::Invalid(format!("no tracked volume {i}")))?;
+        let added = server.add_export(NbdExport {
+            name: name.clone(),
+            description: format!(
+                "rha scenario {}: volume {} ({})",
+                scenario.name,
+                spec.id,
+                volume.describe()
+            ),
+            volume: Arc::new(volume),
+            read_only: false,
+        });
+        if let Err(e) = added {
+            for done in &exports {
+                server.remove_export(done);
+            }
+            return Err(EngineError::Invalid(e.to_string()));
+        }
+        exports.push(name);
+    }
+    Ok((set, exports))
 }
 
 /// Runs an operator-configured command; returns its outcome as a sentence.

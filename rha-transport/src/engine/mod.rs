@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  operator (rha CLI) ──Control──► appliance engine ──OpenScenario──► master engine
-//!                                   │  ▲                               │ capture (rescan / tracked)
+//!                                   │  ▲                               │ capture (rescan / tracked / nbd)
 //!                                   │  └── SyncPeer requests, Stats ◄──┤ journal, change log
 //!                                   │      Heartbeats both ways        │ sync + replicate thread
 //!                                   ▼
@@ -55,6 +55,7 @@ pub use target::{
 use crate::connect::{self, ConnectError, LocalInfo, Security};
 use crate::limit::{Limiter, Schedule};
 use crate::link::Link;
+use crate::nbd::{NbdHandle, NbdServer};
 use crate::wire::{Compression, ErrorCode, Intent, Message, PROTOCOL_VERSION};
 use control::error_reply;
 use replica::RunState;
@@ -78,6 +79,19 @@ pub struct EngineConfig {
     pub compression: Vec<Compression>,
     /// The replica targets served besides local disks (Azure, ...).
     pub targets: Targets,
+    /// Where the NBD exports of scenarios with capture method `nbd` are
+    /// served; `None` serves none (such scenarios are refused).
+    pub nbd: Option<NbdListen>,
+}
+
+/// The NBD listener of an engine (`rha engine --nbd-listen`).
+#[derive(Debug, Clone)]
+pub struct NbdListen {
+    /// Address to listen on (`127.0.0.1:10809`).
+    pub addr: String,
+    /// Serve without TLS even when the engine has certificates (for a
+    /// listener on loopback, where the VM runs on the master itself).
+    pub plaintext: bool,
 }
 
 impl EngineConfig {
@@ -92,6 +106,7 @@ impl EngineConfig {
             qemu: Qemu::Auto,
             compression: vec![Compression::Lz4, Compression::Zstd, Compression::None],
             targets: Targets::new(),
+            nbd: None,
         }
     }
 }
@@ -188,6 +203,8 @@ pub struct Shared {
     provided: Mutex<HashMap<String, Arc<dyn ChangeSource>>>,
     local: Arc<LocalProvider>,
     shutdown: watch::Sender<bool>,
+    nbd: Option<NbdServer>,
+    nbd_handle: Mutex<Option<NbdHandle>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -322,6 +339,32 @@ impl Engine {
             None => None,
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let (nbd, nbd_handle) = match &config.nbd {
+            None => (None, None),
+            Some(n) => {
+                let tls = match &config.security {
+                    Security::Tls(t) if !n.plaintext => Some(t.clone()),
+                    _ => None,
+                };
+                let server = NbdServer::builder()
+                    .tls(tls)
+                    .build()
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                let handle = server
+                    .listen(&n.addr)
+                    .await
+                    .map_err(|e| EngineError::Listen {
+                        addr: n.addr.clone(),
+                        reason: format!("NBD: {e}"),
+                    })?;
+                if let Some(a) = handle.local_addr() {
+                    let path = config.data_dir.join("nbd.addr");
+                    write_atomic(&path, format!("{a}\n").as_bytes())?;
+                    tracing::info!(addr = %a, tls = server.requires_tls(), "NBD exports served (address in {})", path.display());
+                }
+                (Some(server), Some(handle))
+            }
+        };
         let local = Arc::new(
             LocalProvider::new(config.data_dir.join("vms")).with_qemu(config.qemu.clone()),
         );
@@ -336,6 +379,8 @@ impl Engine {
             provided: Mutex::new(HashMap::new()),
             local,
             shutdown,
+            nbd,
+            nbd_handle: Mutex::new(nbd_handle),
         });
         if let Some(l) = listener {
             tokio::spawn(accept_loop(shared.clone(), l));
@@ -352,6 +397,13 @@ impl Engine {
     /// The address the engine listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.shared.local_addr
+    }
+
+    /// The address the NBD exports are served on (`--nbd-listen`).
+    pub fn nbd_addr(&self) -> Option<SocketAddr> {
+        lock(&self.shared.nbd_handle)
+            .as_ref()
+            .and_then(|h| h.local_addr())
     }
 
     /// The engine's name.
@@ -397,6 +449,10 @@ impl Engine {
                 l.shutdown("engine shutting down").await;
             }
         }
+        let nbd = lock(&self.shared.nbd_handle).take();
+        if let Some(h) = nbd {
+            h.shutdown().await;
+        }
     }
 
     async fn resume(&self) {
@@ -416,8 +472,11 @@ impl Engine {
             let name = s.name.clone();
             let provided = lock(&shared.provided).get(&name).cloned();
             let data = shared.config.data_dir.clone();
-            match tokio::task::spawn_blocking(move || MasterScenario::open(&data, s, provided))
-                .await
+            let nbd = shared.nbd.clone();
+            match tokio::task::spawn_blocking(move || {
+                MasterScenario::open(&data, s, provided, nbd.as_ref())
+            })
+            .await
             {
                 Ok(Ok(ms)) => {
                     tracing::info!(scenario = %name, "run after reboot: capturing again; the appliance's reconnection resumes replication");
@@ -773,10 +832,13 @@ async fn open_master(
     let _ = std::fs::remove_file(dir.join("stopped"));
     let provided = lock(&shared.provided).get(&name).cloned();
     let data = shared.config.data_dir.clone();
-    let ms = tokio::task::spawn_blocking(move || MasterScenario::open(&data, scenario, provided))
-        .await
-        .map_err(|e| (ErrorCode::Internal, e.to_string()))?
-        .map_err(|e| (ErrorCode::Master, e.to_string()))?;
+    let nbd = shared.nbd.clone();
+    let ms = tokio::task::spawn_blocking(move || {
+        MasterScenario::open(&data, scenario, provided, nbd.as_ref())
+    })
+    .await
+    .map_err(|e| (ErrorCode::Internal, e.to_string()))?
+    .map_err(|e| (ErrorCode::Master, e.to_string()))?;
     tracing::info!(scenario = %name, appliance = %link.peer().name, "scenario opened on the master");
     lock(&shared.masters).insert(name, ms.clone());
     Ok(ms)
@@ -797,6 +859,7 @@ async fn handle_control(shared: &Arc<Shared>, req: ControlRequest) -> serde_json
             "software": connect::software(),
             "protocol": PROTOCOL_VERSION,
             "listen": shared.local_addr.map(|a| a.to_string()),
+            "nbd_listen": lock(&shared.nbd_handle).as_ref().and_then(|h| h.local_addr()).map(|a| a.to_string()),
             "masters": lock(&shared.masters).keys().cloned().collect::<Vec<_>>(),
             "appliances": lock(&shared.appliances).keys().cloned().collect::<Vec<_>>(),
         })),
@@ -871,6 +934,7 @@ async fn handle_control(shared: &Arc<Shared>, req: ControlRequest) -> serde_json
                     "last_error": st.last_error,
                     "replica": st.replica,
                     "journal_id": m.journal_id,
+                    "nbd_exports": m.nbd_exports(),
                 }));
             }
             if let Some(n) = &name {
