@@ -113,8 +113,7 @@ enum Command {
     /// Cloud accounts, the VMs of a region, and switchover VMs in Azure.
     Cloud(cloud::CloudArgs),
     /// Serve an image over NBD as a tracked volume (every write journalled).
-    #[command(subcommand)]
-    Nbd(nbd::NbdCommand),
+    Nbd(Remote<nbd::NbdCommand>),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -268,6 +267,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Vm(r) => remote::vm(r.command, &r.auth),
         Command::Cert(cmd) => remote::cert(cmd),
         Command::Cloud(args) => cloud::run(args),
-        Command::Nbd(cmd) => nbd::run(cmd, &cli.auth),
+        Command::Nbd(r) => nbd::run(r.command, &r.auth),
     }
 }
