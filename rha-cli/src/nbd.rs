@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rha_core::events::Events;
-use rha_core::journal::{FsyncPolicy, Journal, JournalConfig};
-use rha_core::source::{ChangeSource, TrackedSet};
+use rha_core::journal::{FsyncPolicy, JournalConfig};
+use rha_core::source::TrackedSet;
 use rha_core::volume::{open_volume, Volume};
 use rha_transport::connect::Security;
 use rha_transport::nbd::{nbd_url, NbdExport, NbdServer};
@@ -129,10 +129,8 @@ fn serve(args: ServeArgs, auth: &Auth) -> Result<ExitCode> {
         },
         ..JournalConfig::default()
     };
-    let sizes = [volume.size()];
-    let (set, recovery) =
-        TrackedSet::open(&journal_dir, config.clone(), vec![volume], Events::new())
-            .with_context(|| format!("opening the journal in {}", journal_dir.display()))?;
+    let (set, recovery) = TrackedSet::open(&journal_dir, config, vec![volume], Events::new())
+        .with_context(|| format!("opening the journal in {}", journal_dir.display()))?;
     for w in &recovery.warnings {
         eprintln!("rha: journal: {w}");
     }
@@ -170,29 +168,8 @@ fn serve(args: ServeArgs, auth: &Auth) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     drop(server);
-    for v in set.volumes() {
-        v.flush()
-            .with_context(|| format!("flushing {}", args.image.display()))?;
-    }
-    set.journal()
-        .sync()
-        .with_context(|| format!("syncing the journal in {}", journal_dir.display()))?;
-    drop(set);
-    close_journal(&journal_dir, config, &sizes)?;
+    set.close()
+        .with_context(|| format!("closing the journal in {}", journal_dir.display()))?;
     eprintln!("rha: NBD export `{stem}` stopped; journal closed cleanly");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Records a clean shutdown of the journal in `dir`.
-///
-/// `TrackedSet` has no `close` (its journal is shared with the tracked
-/// volumes), so once every tracked volume is gone and every write has
-/// reached the image, the journal is reopened alone and closed: the next
-/// `TrackedSet::open` then knows that no write was lost in between.
-fn close_journal(dir: &Path, config: JournalConfig, sizes: &[u64]) -> Result<()> {
-    let (journal, _) = Journal::open(dir, config, sizes)
-        .with_context(|| format!("reopening the journal in {} to close it", dir.display()))?;
-    journal
-        .close()
-        .with_context(|| format!("closing the journal in {}", dir.display()))
 }

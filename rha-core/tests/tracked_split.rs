@@ -138,3 +138,27 @@ fn a_record_whose_write_never_reached_the_volume_is_not_replicated() {
         "the replica equals the master's disk"
     );
 }
+
+/// A set closed with `close` reopens clean: nothing to resync. Closing while
+/// one of its volumes is still alive is refused.
+#[test]
+fn a_closed_set_reopens_clean_and_close_waits_for_its_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk: Arc<dyn Volume> = Arc::new(MemVolume::new(4 << 20).unwrap());
+    let (set, _) = open(dir.path(), &disk);
+    let v = set.volume(0).unwrap();
+    v.write_at(0, &[9; 4096]).unwrap();
+    let e = set.close().unwrap_err();
+    assert!(e.to_string().contains("still in use"), "{e}");
+    drop(v);
+    // The refused close dropped the set unclosed: the reopen resyncs.
+    let (set, recovery) = open(dir.path(), &disk);
+    assert!(
+        !recovery.clean_shutdown && recovery.needs_resync,
+        "{recovery:?}"
+    );
+    set.close().unwrap();
+    let (_set, recovery) = open(dir.path(), &disk);
+    assert!(recovery.clean_shutdown, "{recovery:?}");
+    assert_eq!(recovery.records, 1, "the unreplicated write is kept");
+}

@@ -77,6 +77,26 @@ impl TrackedSet {
     pub fn journal(&self) -> &Journal {
         &self.journal
     }
+
+    /// Flushes the volumes and closes the journal cleanly, so that the next
+    /// [`TrackedSet::open`] knows no write was cut off (and resyncs nothing).
+    ///
+    /// Every [`TrackedVolume`] this set handed out must be gone first: a
+    /// clone still alive could write after the close. Otherwise it fails
+    /// with [`SourceError::Mismatch`], and the set is dropped unclosed (the
+    /// next open resyncs the marked regions).
+    pub fn close(self) -> Result<(), SourceError> {
+        for v in &self.volumes {
+            v.flush()?;
+        }
+        let dir = self.dir.display().to_string();
+        match Arc::try_unwrap(self.journal) {
+            Ok(journal) => Ok(journal.close()?),
+            Err(_) => Err(SourceError::Mismatch(format!(
+                "journal {dir}: cannot close it while tracked volumes of the set are still in use; drop them first"
+            ))),
+        }
+    }
 }
 
 impl ChangeSource for TrackedSet {
