@@ -10,109 +10,28 @@
 
 use std::ops::Range;
 
-// ---------------------------------------------------------------------------
-// Handshake (newstyle negotiation)
-// ---------------------------------------------------------------------------
+// The protocol's constants are the NBD server's (`crate::nbd::proto`),
+// named and documented there once; this module re-exports the ones the
+// client uses, under the names its code has always used.
+pub use crate::nbd::proto::{
+    CHUNK_HEADER_BYTES as CHUNK_HEADER_LEN, GREETING_BYTES as GREETING_LEN, IHAVEOPT, MAX_STRING,
+    NBDMAGIC as NBD_MAGIC, NBD_CMD_BLOCK_STATUS, NBD_CMD_DISC, NBD_CMD_READ,
+    NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_HAS_FLAGS,
+    NBD_FLAG_NO_ZEROES, NBD_FLAG_READ_ONLY, NBD_INFO_BLOCK_SIZE, NBD_INFO_EXPORT, NBD_OPT_ABORT,
+    NBD_OPT_GO, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STRUCTURED_REPLY, NBD_REPLY_FLAG_DONE,
+    NBD_REPLY_TYPE_BLOCK_STATUS, NBD_REPLY_TYPE_ERROR, NBD_REPLY_TYPE_ERROR_OFFSET,
+    NBD_REPLY_TYPE_NONE, NBD_REPLY_TYPE_OFFSET_DATA, NBD_REPLY_TYPE_OFFSET_HOLE, NBD_REP_ACK,
+    NBD_REP_ERR_BLOCK_SIZE_REQD, NBD_REP_ERR_INVALID, NBD_REP_ERR_PLATFORM, NBD_REP_ERR_POLICY,
+    NBD_REP_ERR_SHUTDOWN, NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_TOO_BIG, NBD_REP_ERR_UNKNOWN,
+    NBD_REP_ERR_UNSUP, NBD_REP_FLAG_ERROR, NBD_REP_INFO, NBD_REP_META_CONTEXT,
+    OPTION_REPLY_HEADER_BYTES as OPTION_REPLY_HEADER_LEN, OPTION_REPLY_MAGIC,
+    REQUEST_BYTES as REQUEST_LEN, REQUEST_MAGIC as NBD_REQUEST_MAGIC,
+    SIMPLE_REPLY_BYTES as SIMPLE_REPLY_LEN, SIMPLE_REPLY_MAGIC as NBD_SIMPLE_REPLY_MAGIC,
+    STRUCTURED_REPLY_MAGIC as NBD_STRUCTURED_REPLY_MAGIC,
+};
 
-/// The first 8 bytes every NBD server sends: ASCII `NBDMAGIC`.
-pub const NBD_MAGIC: u64 = 0x4e42_444d_4147_4943;
-/// After [`NBD_MAGIC`], a newstyle server sends ASCII `IHAVEOPT`; the client
-/// also starts every option request with it.
-pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-/// The magic that starts every option reply from the server.
-pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-
-/// Handshake flag (server, 16 bits): the server speaks the *fixed* newstyle
-/// negotiation (it answers unknown options instead of dropping the connection).
-pub const NBD_FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
-/// Handshake flag (server): the server can omit the 124 zero bytes after `NBD_OPT_EXPORT_NAME`.
-pub const NBD_FLAG_NO_ZEROES: u16 = 1 << 1;
-/// Client flag (32 bits): the client speaks the fixed newstyle negotiation.
-pub const NBD_FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
-/// Client flag: the client wants the zero padding omitted.
-pub const NBD_FLAG_C_NO_ZEROES: u32 = 1 << 1;
-
-/// Option: end the negotiation without entering transmission.
-pub const NBD_OPT_ABORT: u32 = 2;
-/// Option: select an export and enter transmission, with information replies.
-pub const NBD_OPT_GO: u32 = 7;
-/// Option: the server shall answer reads and block-status requests with structured replies.
-pub const NBD_OPT_STRUCTURED_REPLY: u32 = 8;
-/// Option: select the metadata contexts that `NBD_CMD_BLOCK_STATUS` reports.
-pub const NBD_OPT_SET_META_CONTEXT: u32 = 10;
-
-/// Option reply: the option succeeded (ends a list of replies).
-pub const NBD_REP_ACK: u32 = 1;
-/// Option reply: a piece of information about the export (`NBD_OPT_GO`).
-pub const NBD_REP_INFO: u32 = 3;
-/// Option reply: a metadata context the server selected, with its id.
-pub const NBD_REP_META_CONTEXT: u32 = 4;
-/// Option replies with this bit set are errors.
-pub const NBD_REP_FLAG_ERROR: u32 = 1 << 31;
-/// Option error: the server does not know the option.
-pub const NBD_REP_ERR_UNSUP: u32 = NBD_REP_FLAG_ERROR | 1;
-/// Option error: forbidden by the server's policy.
-pub const NBD_REP_ERR_POLICY: u32 = NBD_REP_FLAG_ERROR | 2;
-/// Option error: the request was syntactically wrong.
-pub const NBD_REP_ERR_INVALID: u32 = NBD_REP_FLAG_ERROR | 3;
-/// Option error: not supported on this platform.
-pub const NBD_REP_ERR_PLATFORM: u32 = NBD_REP_FLAG_ERROR | 4;
-/// Option error: the server requires TLS first.
-pub const NBD_REP_ERR_TLS_REQD: u32 = NBD_REP_FLAG_ERROR | 5;
-/// Option error: no export by that name.
-pub const NBD_REP_ERR_UNKNOWN: u32 = NBD_REP_FLAG_ERROR | 6;
-/// Option error: the server is shutting down.
-pub const NBD_REP_ERR_SHUTDOWN: u32 = NBD_REP_FLAG_ERROR | 7;
-/// Option error: the client must ask for block sizes first.
-pub const NBD_REP_ERR_BLOCK_SIZE_REQD: u32 = NBD_REP_FLAG_ERROR | 8;
-/// Option error: the request or reply would be too large.
-pub const NBD_REP_ERR_TOO_BIG: u32 = NBD_REP_FLAG_ERROR | 9;
-
-/// Information type: the export's size (u64) and transmission flags (u16).
-pub const NBD_INFO_EXPORT: u16 = 0;
-/// Information type: minimum, preferred and maximum block sizes (3 × u32).
-pub const NBD_INFO_BLOCK_SIZE: u16 = 3;
-
-/// Transmission flag: the flags field is valid (always set).
-pub const NBD_FLAG_HAS_FLAGS: u16 = 1 << 0;
-/// Transmission flag: the export is read-only.
-pub const NBD_FLAG_READ_ONLY: u16 = 1 << 1;
-
-// ---------------------------------------------------------------------------
-// Transmission
-// ---------------------------------------------------------------------------
-
-/// The magic that starts every request from the client.
-pub const NBD_REQUEST_MAGIC: u32 = 0x2560_9513;
-/// The magic of a simple reply (error and cookie, then data for a read).
-pub const NBD_SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-/// The magic of a structured reply chunk.
-pub const NBD_STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
-
-/// Command: read data.
-pub const NBD_CMD_READ: u16 = 0;
-/// Command: disconnect (no reply).
-pub const NBD_CMD_DISC: u16 = 2;
-/// Command: report the status of the selected metadata contexts over a range.
-pub const NBD_CMD_BLOCK_STATUS: u16 = 7;
-
-/// Structured reply flag: this is the last chunk of the reply.
-pub const NBD_REPLY_FLAG_DONE: u16 = 1 << 0;
-/// Chunk type: no payload (ends a reply whose last chunk was not flagged done).
-pub const NBD_REPLY_TYPE_NONE: u16 = 0;
-/// Chunk type: read data at an offset (u64 offset, then the data).
-pub const NBD_REPLY_TYPE_OFFSET_DATA: u16 = 1;
-/// Chunk type: a range that reads as zeros (u64 offset, u32 length).
-pub const NBD_REPLY_TYPE_OFFSET_HOLE: u16 = 2;
-/// Chunk type: block status of one metadata context (u32 context id, then
-/// (u32 length, u32 flags) descriptors).
-pub const NBD_REPLY_TYPE_BLOCK_STATUS: u16 = 5;
 /// Chunk types with this bit set are errors.
 pub const NBD_REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
-/// Chunk type: an error (u32 errno, u16 message length, message).
-pub const NBD_REPLY_TYPE_ERROR: u16 = NBD_REPLY_TYPE_ERROR_BIT | 1;
-/// Chunk type: an error at an offset (as [`NBD_REPLY_TYPE_ERROR`], then u64 offset).
-pub const NBD_REPLY_TYPE_ERROR_OFFSET: u16 = NBD_REPLY_TYPE_ERROR_BIT | 2;
 
 /// The one flag of a `qemu:dirty-bitmap:` context's extents: set when the
 /// extent was written since the bitmap was created or last cleared.
@@ -120,19 +39,6 @@ pub const NBD_STATE_DIRTY: u32 = 1 << 0;
 /// The prefix of QEMU's dirty-bitmap metadata contexts (the bitmap's export name follows).
 pub const QEMU_DIRTY_BITMAP_PREFIX: &str = "qemu:dirty-bitmap:";
 
-/// Bytes of the server's greeting: [`NBD_MAGIC`], [`IHAVEOPT`], 16-bit handshake flags.
-pub const GREETING_LEN: usize = 8 + 8 + 2;
-/// Bytes of an option reply's header: magic, option, reply type, length.
-pub const OPTION_REPLY_HEADER_LEN: usize = 8 + 4 + 4 + 4;
-/// Bytes of a request: magic, command flags, type, cookie, offset, length.
-pub const REQUEST_LEN: usize = 4 + 2 + 2 + 8 + 8 + 4;
-/// Bytes of a simple reply: magic, error, cookie.
-pub const SIMPLE_REPLY_LEN: usize = 4 + 4 + 8;
-/// Bytes of a structured reply chunk's header: magic, flags, type, cookie, length.
-pub const CHUNK_HEADER_LEN: usize = 4 + 2 + 2 + 8 + 4;
-
-/// The longest string the specification allows (export names, messages).
-pub const MAX_STRING: usize = 4096;
 /// Most bytes of an option reply's payload this client accepts (the
 /// longest reply it asks for is a context id and a string).
 pub const MAX_OPTION_REPLY: u32 = 16 * 1024;
