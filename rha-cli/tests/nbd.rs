@@ -105,18 +105,7 @@ fn qemu_io(args: &[&str], cmds: &[String]) -> (bool, String) {
 }
 
 fn qemu_compare_raw(a: &str, b: &str) -> (bool, String) {
-    let out = Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "raw", a, b])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    qemu_compare_as(a.as_ref(), "raw", b.as_ref(), "raw")
 }
 
 /// Random sector-aligned pattern writes, zeroes and discards over `size` bytes.

@@ -334,10 +334,21 @@ pub fn wait_for(
 
 /// qemu-img compare of a raw master image and a VHD replica.
 pub fn qemu_compare(master: &Path, replica: &Path) -> (bool, String) {
+    qemu_compare_as(master.as_os_str(), "raw", replica.as_os_str(), "vpc")
+}
+
+/// qemu-img compare of `a` (format `fa`) and `b` (format `fb`), each a file
+/// or a URL such as `nbd://...`: whether they are equal, and what it printed.
+pub fn qemu_compare_as(
+    a: &std::ffi::OsStr,
+    fa: &str,
+    b: &std::ffi::OsStr,
+    fb: &str,
+) -> (bool, String) {
     let out = Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "vpc"])
-        .arg(master)
-        .arg(replica)
+        .args(["compare", "-f", fa, "-F", fb])
+        .arg(a)
+        .arg(b)
         .output()
         .unwrap();
     (
