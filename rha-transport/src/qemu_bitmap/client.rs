@@ -445,11 +445,7 @@ impl NbdClient {
             let h = match self.next_reply(cookie)? {
                 Reply::Chunk(h) => h,
                 Reply::SimpleError(errno) => {
-                    failed = Some(proto::ServerError {
-                        errno,
-                        message: String::new(),
-                        offset: None,
-                    });
+                    failed = Some(proto::ServerError::simple(errno));
                     break;
                 }
             };
@@ -528,11 +524,7 @@ impl NbdClient {
             let h = match self.next_reply(cookie)? {
                 Reply::Chunk(h) => h,
                 Reply::SimpleError(errno) => {
-                    failed = Some(proto::ServerError {
-                        errno,
-                        message: String::new(),
-                        offset: None,
-                    });
+                    failed = Some(proto::ServerError::simple(errno));
                     break;
                 }
             };

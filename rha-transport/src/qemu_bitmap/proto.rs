@@ -496,6 +496,17 @@ pub struct ServerError {
     pub offset: Option<u64>,
 }
 
+impl ServerError {
+    /// The error of a simple reply: a number, no message, no offset.
+    pub fn simple(errno: u32) -> Self {
+        ServerError {
+            errno,
+            message: String::new(),
+            offset: None,
+        }
+    }
+}
+
 impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", errno_name(self.errno), self.errno)?;
