@@ -136,24 +136,8 @@ struct Inner {
     closed: watch::Sender<Option<String>>,
     heartbeat: watch::Sender<Duration>,
     limiter: Arc<Limiter>,
-    /// The compression of the frames this side sends ([`compression_code`]).
+    /// The compression of the frames this side sends (its wire id).
     compression: AtomicU8,
-}
-
-fn compression_code(c: Compression) -> u8 {
-    match c {
-        Compression::None => 0,
-        Compression::Lz4 => 1,
-        Compression::Zstd => 2,
-    }
-}
-
-fn compression_from_code(code: u8) -> Compression {
-    match code {
-        1 => Compression::Lz4,
-        2 => Compression::Zstd,
-        _ => Compression::None,
-    }
 }
 
 /// A live connection. Cheap to clone; all clones share it.
@@ -222,7 +206,7 @@ impl Link {
             closed,
             heartbeat,
             limiter: limiter.clone(),
-            compression: AtomicU8::new(compression_code(compression)),
+            compression: AtomicU8::new(wire::compression_id(compression)),
         });
         let link = Link { inner };
         let (r, w) = tokio::io::split(stream);
@@ -249,7 +233,8 @@ impl Link {
     /// The compression of the frames this side sends now (the handshake's
     /// choice unless [`Link::set_compression`] changed it).
     pub fn compression(&self) -> Compression {
-        compression_from_code(self.inner.compression.load(Ordering::Relaxed))
+        wire::compression_from_id(self.inner.compression.load(Ordering::Relaxed))
+            .unwrap_or(Compression::None)
     }
 
     /// Changes the compression of the frames this side sends from the next
@@ -260,7 +245,7 @@ impl Link {
     pub fn set_compression(&self, c: Compression) {
         self.inner
             .compression
-            .store(compression_code(c), Ordering::Relaxed);
+            .store(wire::compression_id(c), Ordering::Relaxed);
     }
 
     /// Bytes sent and received on the wire (frames, before TLS).

@@ -14,6 +14,7 @@ mod io;
 pub mod message;
 mod sniff;
 
+pub(crate) use body::{compression_from_id, compression_id};
 pub use body::{error_code_is_known, HELLO_MAGIC};
 pub use codec::{frame_len, Codec, DEFAULT_MAX_FRAME, FLAG_COMPRESSED, FRAME_OVERHEAD};
 pub use compress::DEFAULT_ZSTD_LEVEL;
