@@ -529,10 +529,7 @@ async fn writer(
             _ = closed.wait_for(|r| r.is_some()) => None,
         };
         let Some(first) = first else { break };
-        let compression = link.compression();
-        if codec.compression() != compression {
-            codec.set_compression(compression);
-        }
+        codec.set_compression(link.compression());
         let mut next = Some(first);
         let mut closing = false;
         // Batch whatever is queued into one write, up to about 1 MiB; large

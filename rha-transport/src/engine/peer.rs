@@ -99,10 +99,7 @@ impl SyncPeer for RemotePeer {
     /// the caller's buffer (one copy of the data, and the CRC, here rather
     /// than on the link's writer task).
     fn write(&mut self, volume: VolumeId, offset: u64, data: &[u8]) -> Result<(), SyncError> {
-        let compression = self.link.compression();
-        if self.encoder.compression() != compression {
-            self.encoder.set_compression(compression);
-        }
+        self.encoder.set_compression(self.link.compression());
         for (i, chunk) in data.chunks(WRITE_CHUNK).enumerate() {
             let at = offset + (i * WRITE_CHUNK) as u64;
             let mut frame = BytesMut::with_capacity(chunk.len() + 64);
