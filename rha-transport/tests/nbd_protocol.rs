@@ -249,3 +249,50 @@ fn client_gone_mid_pipeline_loses_nothing_acknowledged() {
     let (same, why) = qemu_compare(s.image.to_str().unwrap(), replica.to_str().unwrap());
     assert!(same, "{why}");
 }
+
+#[test]
+fn after_shutdown_nothing_holds_the_exported_volume() {
+    // The owner of an export closes its journal right after shutdown
+    // returns (`rha nbd serve`): no task of the server may still hold the
+    // volume then, whether the client left before or was connected.
+    let t = tempfile::tempdir().unwrap();
+    let image = t.path().join("disk.img");
+    FileVolume::create(&image, MIB).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..40 {
+        let volume: std::sync::Arc<dyn Volume> =
+            std::sync::Arc::new(FileVolume::open(&image).unwrap());
+        let server = rha_transport::nbd::NbdServer::builder()
+            .export(rha_transport::nbd::NbdExport {
+                name: "disk".into(),
+                description: String::new(),
+                volume: volume.clone(),
+                read_only: false,
+            })
+            .build()
+            .unwrap();
+        let handle = rt.block_on(server.listen("127.0.0.1:0")).unwrap();
+        drop(server);
+        let port = handle.local_addr().unwrap().port();
+        let mut c = RawClient::transmitting(port, false);
+        c.request(NBD_CMD_WRITE, 0, 1, 0, 4096);
+        c.send(&[round as u8; 4096]);
+        assert_eq!(c.simple(), (NBD_OK, 1));
+        let stay = round % 2 == 0;
+        if !stay {
+            c.request(NBD_CMD_DISC, 0, 2, 0, 0);
+            assert!(c.closed());
+        }
+        rt.block_on(handle.shutdown());
+        assert_eq!(
+            std::sync::Arc::strong_count(&volume),
+            1,
+            "round {round} (client {}): the server still holds the volume",
+            if stay { "connected" } else { "gone" }
+        );
+    }
+}

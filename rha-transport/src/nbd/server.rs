@@ -349,6 +349,11 @@ async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
+/// The accept loop. `alive` is what [`NbdHandle::shutdown`] waits for:
+/// every holder of the server's state (this loop, each connection, each
+/// volume operation still running) holds a clone, and lets it go only
+/// after its share of the state, so that once all are gone nothing holds
+/// an export's volume any more (its owner may then close the journal).
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, alive: mpsc::Sender<()>) {
     let mut stop = inner.shutdown.subscribe();
     loop {
@@ -361,18 +366,23 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, alive: mpsc::Send
                     continue;
                 }
             },
-            _ = until_true(&mut stop) => return,
+            _ = until_true(&mut stop) => break,
         };
         let inner = inner.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
-            match connection(inner, tcp, peer).await {
+            match connection(inner, tcp, peer, &alive).await {
                 Ok(()) => tracing::debug!(%peer, "NBD connection closed"),
                 Err(e) => tracing::warn!(%peer, "NBD connection closed: {e}"),
             }
             drop(alive);
         });
     }
+    // The state first, then the signal that this loop is gone.
+    drop(stop);
+    drop(listener);
+    drop(inner);
+    drop(alive);
 }
 
 /// Reads exactly `buf.len()` bytes within the handshake timeout.
@@ -395,6 +405,7 @@ async fn connection(
     inner: Arc<Inner>,
     mut tcp: TcpStream,
     peer: SocketAddr,
+    alive: &mpsc::Sender<()>,
 ) -> Result<(), ConnError> {
     let _ = tcp.set_nodelay(true);
     let offered = NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES;
@@ -410,7 +421,7 @@ async fn connection(
     };
     let mut neg = Negotiation::new(mode, client);
     match negotiate(&inner, &mut tcp, &mut neg).await? {
-        Some(Next::Transmission(a)) => transmission(&inner, tcp, a, peer).await,
+        Some(Next::Transmission(a)) => transmission(&inner, tcp, a, peer, alive).await,
         Some(Next::StartTls) => {
             let Some(tls) = &inner.tls else {
                 return Err(ConnError::Closed("STARTTLS without TLS".into()));
@@ -433,7 +444,7 @@ async fn connection(
             neg.tls_started();
             tracing::debug!(%peer, "NBD: TLS started");
             match negotiate(&inner, &mut stream, &mut neg).await? {
-                Some(Next::Transmission(a)) => transmission(&inner, stream, a, peer).await,
+                Some(Next::Transmission(a)) => transmission(&inner, stream, a, peer, alive).await,
                 _ => {
                     let _ = stream.shutdown().await;
                     Ok(())
@@ -636,6 +647,7 @@ async fn transmission<S>(
     stream: S,
     agreed: Agreed,
     peer: SocketAddr,
+    alive: &mpsc::Sender<()>,
 ) -> Result<(), ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -735,16 +747,24 @@ where
             None
         };
         let volume = export.volume.clone();
+        let alive = alive.clone();
         let tx = tx.clone();
         tasks.spawn(async move {
-            let result = tokio::task::spawn_blocking(move || execute(&*volume, &req, payload))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(Refusal {
-                        errno: NBD_EIO,
-                        reason: format!("the I/O task failed: {e}"),
-                    })
-                });
+            // The operation holds `alive` until it has let go of the volume:
+            // an aborted task does not stop a blocking operation.
+            let result = tokio::task::spawn_blocking(move || {
+                let result = execute(&*volume, &req, payload);
+                drop(volume);
+                drop(alive);
+                result
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Refusal {
+                    errno: NBD_EIO,
+                    reason: format!("the I/O task failed: {e}"),
+                })
+            });
             if let Err(e) = &result {
                 tracing::warn!(
                     cookie = req.cookie,
