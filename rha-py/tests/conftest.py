@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Tuple
 
@@ -14,6 +16,18 @@ import pytest
 import rha
 
 MIB = 1 << 20
+
+
+def python_child(*args: str) -> "subprocess.Popen[str]":
+    """Starts `python -c ...` with its stdout piped and SIGINT at its
+    default, so that the child turns Ctrl-C into KeyboardInterrupt even
+    when the tests run as a background job (which inherit SIGINT ignored)."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def make_ext4(path: Path, mib: int, files: Path) -> None:

@@ -6,8 +6,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
@@ -15,7 +13,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import pytest
 
 import rha
-from conftest import MIB, make_ext4, make_sparse, read_at, same_data, scenario_dict, write_at
+from conftest import MIB, python_child, make_ext4, make_sparse, read_at, same_data, scenario_dict, write_at
 
 Engines = Tuple[rha.Engine, rha.Engine]
 
@@ -213,9 +211,7 @@ engine.shutdown()
 
 
 def test_ctrl_c_interrupts_a_blocking_event_wait(tmp_path: Path) -> None:
-    p = subprocess.Popen(
-        [sys.executable, "-c", WAIT_FOR_EVENTS, str(tmp_path / "e")], stdout=subprocess.PIPE, text=True
-    )
+    p = python_child("-c", WAIT_FOR_EVENTS, str(tmp_path / "e"))
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "ready"
     time.sleep(0.3)

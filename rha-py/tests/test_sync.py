@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import rha
-from conftest import MIB, make_ext4, make_sparse, same_data, write_at
+from conftest import MIB, python_child, make_ext4, make_sparse, same_data, write_at
 
 
 def test_block_sync_creates_the_replica_then_sends_only_changes(tmp_path: Path) -> None:
@@ -100,9 +98,7 @@ def test_ctrl_c_interrupts_a_long_sync(tmp_path: Path) -> None:
     src, dst = tmp_path / "big.img", tmp_path / "big-replica.img"
     with open(src, "wb") as f:
         f.truncate(64 << 30)  # sparse: hashing 2 x 64 GiB of holes takes far longer than 0.5 s
-    p = subprocess.Popen(
-        [sys.executable, "-c", CTRL_C, str(src), str(dst)], stdout=subprocess.PIPE, text=True
-    )
+    p = python_child("-c", CTRL_C, str(src), str(dst))
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "ready"
     time.sleep(0.5)
