@@ -387,15 +387,6 @@ async fn qemu_vms_windows_and_killed() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     assert!(matches!(state, VmState::Failed(_)), "{state}");
-    // The killed QEMU's leader thread can be a zombie while its other
-    // threads still hold the disks open (and their write locks): the next
-    // VM on the same disks waits until only the leader is left.
-    let task = format!("/proc/{pid}/task");
-    while fs::read_dir(&task).map(|d| d.count() > 1).unwrap_or(false)
-        && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
     provider.delete_vm(&info.id).await.unwrap();
 
     // Generation 2 boots with UEFI when OVMF is installed.

@@ -907,12 +907,23 @@ fn process(vm_dir: &Path) -> Process {
     // The pid may have been reused: it must be a QEMU with this pid file.
     // A zombie has an empty command line.
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmdline.is_empty() && exiting_threads(pid) {
+        // A killed QEMU's main thread is a zombie before its other threads
+        // have ended, and they still hold the disks open (with QEMU's
+        // write locks): it is not gone until they are.
+        return Process::Alive(pid);
+    }
     let cmdline = String::from_utf8_lossy(&cmdline);
     if cmdline.contains("qemu") && cmdline.contains(&*pid_file.to_string_lossy()) {
         Process::Alive(pid)
     } else {
         Process::Gone(pid)
     }
+}
+
+/// Whether threads of process `pid` besides its main one still exist.
+fn exiting_threads(pid: i32) -> bool {
+    fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| d.count() > 1)
 }
 
 fn wait_for_exit(vm_dir: &Path, timeout: Duration) -> bool {
