@@ -7,9 +7,12 @@
 
 mod nbd_support;
 
+use std::sync::Arc;
+
 use nbd_support::*;
 use rha_core::volume::{FileVolume, Volume};
 use rha_transport::nbd::proto::*;
+use rha_transport::nbd::{NbdExport, NbdServer};
 
 /// After whatever a test did, a new client still gets served.
 fn still_serves(port: u16) {
@@ -264,10 +267,9 @@ fn after_shutdown_nothing_holds_the_exported_volume() {
         .build()
         .unwrap();
     for round in 0..40 {
-        let volume: std::sync::Arc<dyn Volume> =
-            std::sync::Arc::new(FileVolume::open(&image).unwrap());
-        let server = rha_transport::nbd::NbdServer::builder()
-            .export(rha_transport::nbd::NbdExport {
+        let volume: Arc<dyn Volume> = Arc::new(FileVolume::open(&image).unwrap());
+        let server = NbdServer::builder()
+            .export(NbdExport {
                 name: "disk".into(),
                 description: String::new(),
                 volume: volume.clone(),
@@ -289,7 +291,7 @@ fn after_shutdown_nothing_holds_the_exported_volume() {
         }
         rt.block_on(handle.shutdown());
         assert_eq!(
-            std::sync::Arc::strong_count(&volume),
+            Arc::strong_count(&volume),
             1,
             "round {round} (client {}): the server still holds the volume",
             if stay { "connected" } else { "gone" }

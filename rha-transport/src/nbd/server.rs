@@ -378,8 +378,8 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, alive: mpsc::Send
             drop(alive);
         });
     }
-    // The state first, then the signal that this loop is gone.
-    drop(stop);
+    // The port and the state first, then the signal that this loop is gone
+    // (parameters would drop in the reverse order: `alive` first).
     drop(listener);
     drop(inner);
     drop(alive);
