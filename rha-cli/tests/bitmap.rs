@@ -4,9 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../rha-transport/tests/listen_support/mod.rs"]
+mod listen_support;
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 const KIB: u64 = 1 << 10;
 
@@ -46,11 +48,7 @@ fn qemu_nbd(img: &Path, sock: &Path, bitmap: bool) -> Child {
         cmd.args(["-B", "b0"]);
     }
     let child = cmd.arg(img).stdout(Stdio::null()).spawn().unwrap();
-    let started = Instant::now();
-    while !sock.exists() {
-        assert!(started.elapsed() < Duration::from_secs(10), "no socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    listen_support::wait_listening(sock, "qemu-nbd");
     child
 }
 

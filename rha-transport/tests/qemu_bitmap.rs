@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod listen_support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -146,15 +148,7 @@ impl QemuNbd {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        while !sock.exists() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "qemu-nbd did not create {}",
-                sock.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        listen_support::wait_listening(sock, "qemu-nbd");
         QemuNbd { child }
     }
 
@@ -421,11 +415,7 @@ impl Vm {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        while !qmp.exists() {
-            assert!(started.elapsed() < Duration::from_secs(20), "no QMP socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        listen_support::wait_listening(qmp, "qemu-system-x86_64 (QMP)");
         Vm {
             child,
             qmp: qmp.to_path_buf(),
