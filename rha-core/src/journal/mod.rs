@@ -180,6 +180,11 @@ impl From<&crate::scenario::JournalSettings> for JournalConfig {
 /// Default [`JournalConfig::region_bytes`]: 1 MiB.
 pub const DEFAULT_REGION_BYTES: u64 = 1 << 20;
 
+/// Longest time an acknowledgement that deletes no segment and rotates
+/// nothing waits before the state file records it (each persist costs two
+/// fdatasyncs; replication acknowledges every batch).
+pub const ACK_PERSIST_EVERY: Duration = Duration::from_secs(1);
+
 /// Default [`JournalConfig::changelog_rotation`]: 5 seconds.
 pub const DEFAULT_CHANGELOG_ROTATION: Duration = Duration::from_secs(5);
 
@@ -409,6 +414,8 @@ struct CommitState {
     syncs: u64,
     /// The background flusher is to stop.
     stopping: bool,
+    /// Someone asked the background flusher to sync now ([`Journal::sync_soon`]).
+    requested: bool,
 }
 
 impl Commit {
@@ -549,6 +556,8 @@ struct Inner {
     last_rotation: Instant,
     /// Version of `state`, raised at every change that is to be persisted.
     state_version: u64,
+    /// When an acknowledgement last persisted the state.
+    last_ack_persist: Instant,
     writer: Arc<StateWriter>,
     /// `(discards, rotations)` when the current resync started.
     resync: Option<(u64, u64)>,
@@ -848,6 +857,7 @@ impl Journal {
             rotations: 0,
             last_rotation: Instant::now(),
             state_version: 0,
+            last_ack_persist: Instant::now(),
             writer: writer.clone(),
             resync: None,
             failed: None,
@@ -1047,6 +1057,21 @@ impl Journal {
             inner.written
         };
         commit(&self.inner, &self.commit, target)
+    }
+
+    /// Asks the background sync thread ([`FsyncPolicy::Interval`]) to start
+    /// syncing what was appended so far now, without waiting for it. A
+    /// caller that has other I/O to wait for (the disk's own flush) does it
+    /// meanwhile, and its [`Journal::sync`] afterwards finds the records
+    /// durable or a sync in flight to wait for. Does nothing under the
+    /// other policies.
+    pub fn sync_soon(&self) {
+        let mut st = self.commit.lock();
+        if !st.requested && !st.syncing {
+            st.requested = true;
+            drop(st);
+            self.commit.done.notify_all();
+        }
     }
 
     /// Every record with a seq up to this one is on stable storage: its
@@ -1350,13 +1375,14 @@ fn flush_every(inner: &Mutex<Inner>, state: &Commit, every: Duration) {
     loop {
         {
             let st = state.lock();
-            let (st, _) = state
+            let (mut st, _) = state
                 .done
-                .wait_timeout_while(st, every, |s| !s.stopping)
+                .wait_timeout_while(st, every, |s| !s.stopping && !s.requested)
                 .unwrap_or_else(|e| e.into_inner());
             if st.stopping || st.failed.is_some() {
                 return;
             }
+            st.requested = false;
         }
         let target = inner.lock().unwrap_or_else(|e| e.into_inner()).written;
         if let Err(e) = commit(inner, state, target) {
@@ -1586,7 +1612,8 @@ impl Inner {
                 last: self.visible,
             });
         }
-        let mut changed = upto > self.state.acknowledged;
+        let advanced = upto > self.state.acknowledged;
+        let mut flags_changed = false;
         self.state.acknowledged = self.state.acknowledged.max(upto);
         let rotate = if resync {
             let (discards, rotations) = self
@@ -1595,7 +1622,7 @@ impl Inner {
                 .unwrap_or((self.discards, self.rotations));
             if discards == self.discards && self.state.needs_resync {
                 self.state.needs_resync = false;
-                changed = true;
+                flags_changed = true;
             }
             rotations == self.rotations
         } else {
@@ -1605,9 +1632,6 @@ impl Inner {
                 && !self.changelog.is_clear()
         };
         let mut work = AckWork::default();
-        if changed {
-            work.state = Some(self.state_snapshot());
-        }
         // Take segments that hold only acknowledged records out of the
         // index (the next append starts a new segment if the active one goes).
         let acked = self.state.acknowledged;
@@ -1629,6 +1653,21 @@ impl Inner {
             self.dir_dirty = true;
         }
         self.recount();
+        // The state on disk may lag the acknowledgements (at most
+        // ACK_PERSIST_EVERY, or until the next close): after a crash the
+        // journal then thinks less acknowledged than the replica has, keeps
+        // those records, and replication resumes after the replica's own
+        // applied seq anyway. It must be current before segments are
+        // deleted, when a flag changes and when the change log rotates.
+        if flags_changed
+            || (advanced
+                && (!work.delete.is_empty()
+                    || rotate
+                    || self.last_ack_persist.elapsed() >= ACK_PERSIST_EVERY))
+        {
+            work.state = Some(self.state_snapshot());
+            self.last_ack_persist = Instant::now();
+        }
         if rotate {
             if let Err(e) = self.changelog.rotate(self.written) {
                 // The open change-log file may be one that was replaced.

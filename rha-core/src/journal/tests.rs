@@ -990,3 +990,76 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_acknowledgement_that_deletes_nothing_may_reach_the_state_file_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes: 1 << 20,
+        // No rotation either (it persists the state).
+        changelog_rotation: Duration::from_secs(3600),
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config.clone());
+    for i in 0..10u64 {
+        logged(j.append(0, i * 100, &data(i, 100)).unwrap());
+    }
+    // The journal was just opened: this one waits (no segment goes).
+    j.acknowledge(4).unwrap();
+    assert_eq!(j.acknowledged(), 4);
+    // A crash (no close): the journal reopens with less acknowledged than
+    // the replica has, keeps those records and reads after either point.
+    drop(j);
+    let (j, _) = open(dir.path(), config.clone());
+    assert!(j.acknowledged() < 4, "{}", j.acknowledged());
+    assert_eq!(j.read_after(4, usize::MAX).unwrap().len(), 6);
+    assert_eq!(j.read_after(0, usize::MAX).unwrap().len(), 10);
+    // An acknowledgement that deletes a segment is in the state file at once.
+    for i in 10..20u64 {
+        logged(j.append(0, i * 100, &data(i, 100)).unwrap());
+    }
+    j.acknowledge(20).unwrap();
+    assert!(seg_files(dir.path()).is_empty());
+    drop(j);
+    let (j, _) = open(dir.path(), config.clone());
+    assert_eq!(j.acknowledged(), 20);
+    assert_eq!(j.last_seq(), 20);
+    // So is one made ACK_PERSIST_EVERY after the last persisted one.
+    logged(j.append(0, 0, &data(0, 100)).unwrap());
+    logged(j.append(0, 100, &data(1, 100)).unwrap());
+    std::thread::sleep(ACK_PERSIST_EVERY);
+    j.acknowledge(21).unwrap();
+    drop(j);
+    let (j, _) = open(dir.path(), config);
+    assert_eq!(j.acknowledged(), 21);
+    j.close().unwrap();
+}
+
+#[test]
+fn sync_soon_starts_the_background_sync_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config);
+    let seq = logged(j.append(0, 0, &data(1, 100)).unwrap());
+    assert!(j.durable() < seq, "nothing syncs within the hour by itself");
+    j.sync_soon();
+    let started = Instant::now();
+    while j.durable() < seq {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the sync thread did not sync when asked"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // And once more: the request is not used up by the first.
+    let seq = logged(j.append(0, 100, &data(2, 100)).unwrap());
+    j.sync_soon();
+    while j.durable() < seq {
+        assert!(started.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    j.close().unwrap();
+}
