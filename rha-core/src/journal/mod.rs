@@ -414,8 +414,6 @@ struct CommitState {
     syncs: u64,
     /// The background flusher is to stop.
     stopping: bool,
-    /// Someone asked the background flusher to sync now ([`Journal::sync_soon`]).
-    requested: bool,
 }
 
 impl Commit {
@@ -1059,21 +1057,6 @@ impl Journal {
         commit(&self.inner, &self.commit, target)
     }
 
-    /// Asks the background sync thread ([`FsyncPolicy::Interval`]) to start
-    /// syncing what was appended so far now, without waiting for it. A
-    /// caller that has other I/O to wait for (the disk's own flush) does it
-    /// meanwhile, and its [`Journal::sync`] afterwards finds the records
-    /// durable or a sync in flight to wait for. Does nothing under the
-    /// other policies.
-    pub fn sync_soon(&self) {
-        let mut st = self.commit.lock();
-        if !st.requested && !st.syncing {
-            st.requested = true;
-            drop(st);
-            self.commit.done.notify_all();
-        }
-    }
-
     /// Every record with a seq up to this one is on stable storage: its
     /// fdatasync (and that of the segments before it) has finished.
     pub fn durable(&self) -> Seq {
@@ -1375,14 +1358,13 @@ fn flush_every(inner: &Mutex<Inner>, state: &Commit, every: Duration) {
     loop {
         {
             let st = state.lock();
-            let (mut st, _) = state
+            let (st, _) = state
                 .done
-                .wait_timeout_while(st, every, |s| !s.stopping && !s.requested)
+                .wait_timeout_while(st, every, |s| !s.stopping)
                 .unwrap_or_else(|e| e.into_inner());
             if st.stopping || st.failed.is_some() {
                 return;
             }
-            st.requested = false;
         }
         let target = inner.lock().unwrap_or_else(|e| e.into_inner()).written;
         if let Err(e) = commit(inner, state, target) {
@@ -1633,14 +1615,18 @@ impl Inner {
         };
         let mut work = AckWork::default();
         // Take segments that hold only acknowledged records out of the
-        // index (the next append starts a new segment if the active one goes).
+        // index, except the active one: a replica that keeps up acknowledges
+        // all of it at nearly every batch, and deleting it each time would
+        // cost a state persist, an unlink, a new file and two directory
+        // syncs per batch. It goes once a newer segment takes over (it is
+        // at most segment_bytes), or at the next open.
         let acked = self.state.acknowledged;
         while let Some(front) = self.segments.front() {
             let done = match front.last_seq() {
                 Some(l) => l <= acked,
                 None => self.segments.len() > 1,
             };
-            if !done {
+            if !done || (self.segments.len() == 1 && self.active.is_some()) {
                 break;
             }
             if self.segments.len() == 1 {

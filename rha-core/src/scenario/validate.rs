@@ -684,7 +684,7 @@ fn check_nbd_capture(c: &mut Checker, s: &Scenario) {
     if s.journal.fsync == FsyncPolicy::Always {
         c.warning(
             "journal.fsync",
-            "With `capture.method = \"nbd\"` and `fsync = \"always\"` every guest write waits for a journal fdatasync; `interval` keeps NBD's own guarantee (a guest's flush and FUA writes still sync the journal) and is much faster.",
+            "With `capture.method = \"nbd\"` and `fsync = \"always\"` every guest write waits for a journal fdatasync; `interval` keeps NBD's own guarantee (a guest's flush and FUA writes still reach the disk's stable storage; after a crash and a reboot the change log's dirty regions are resynchronised) and is much faster.",
         );
     }
 }
