@@ -52,6 +52,11 @@ pub fn run(args: BitmapSync) -> Result<ExitCode> {
     let replica: Arc<dyn Volume> = Arc::from(
         open_volume(&args.dst).with_context(|| format!("opening {}", args.dst.display()))?,
     );
+    if let Some(reset) = &args.reset {
+        // Before the walk: on a running VM, writes from now on are recorded
+        // in a second bitmap that the reset merges back.
+        reset.begin(&args.bitmap)?;
+    }
     let source = DirtyBitmapSource::open(&address, &args.bitmap)?;
     // The replica is in step with the bitmap's starting point: only what the
     // bitmap marks needs to be compared or copied.

@@ -81,7 +81,9 @@ enum Command {
             conflicts_with = "qmp"
         )]
         clear_image: Option<PathBuf>,
-        /// After success, clear the bitmap of a running QEMU over its QMP socket (with --node).
+        /// Clear the bitmap of a running QEMU over its QMP socket (with --node): a second
+        /// bitmap, NAME-rha-during-sync, records the writes made during the sync, and
+        /// after success NAME is cleared and that one merged back into it.
         #[arg(long, value_name = "SOCKET", requires_all = ["dirty_bitmap", "node"])]
         qmp: Option<PathBuf>,
         /// The block node that holds the bitmap (for --qmp).

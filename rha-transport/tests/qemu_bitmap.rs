@@ -25,6 +25,7 @@ use rha_core::volume::{FileVolume, Volume};
 use rha_transport::qemu_bitmap::proto::{self, ChunkHeader, Extent, Request};
 use rha_transport::qemu_bitmap::{
     BitmapReset, DirtyBitmapSource, DirtyRanges, NbdAddress, NbdClient, NbdError, ResetError,
+    DURING_SUFFIX,
 };
 
 const KIB: u64 = 1 << 10;
@@ -422,6 +423,30 @@ impl Vm {
         }
     }
 
+    /// Runs an HMP command line through QMP's `human-monitor-command`;
+    /// returns what the monitor printed.
+    fn hmp(&self, command_line: &str) -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.qmp).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap(); // the greeting
+        let cmd = serde_json::json!({
+            "execute": "human-monitor-command",
+            "arguments": { "command-line": command_line },
+        });
+        s.write_all(format!("{{\"execute\":\"qmp_capabilities\"}}\n{cmd}\n").as_bytes())
+            .unwrap();
+        loop {
+            line.clear();
+            assert!(r.read_line(&mut line).unwrap() > 0, "QEMU closed QMP");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if let Some(out) = v.get("return").and_then(|r| r.as_str()) {
+                return out.to_string();
+            }
+            assert!(v.get("error").is_none(), "{command_line}: {v}");
+        }
+    }
+
     /// `quit` over QMP (the bitmap is stored in the qcow2 on the way out).
     fn quit(mut self) {
         let mut s = std::os::unix::net::UnixStream::connect(&self.qmp).unwrap();
@@ -479,16 +504,37 @@ fn tcp_export_then_reset_over_qmp() {
         node: "no-such-node".into(),
     };
     let err = wrong.reset(&proof).unwrap_err();
-    assert!(matches!(err, ResetError::QmpRefused { .. }), "{err:?}");
-    BitmapReset::Qmp {
+    assert!(matches!(err, ResetError::NoSuchNode { .. }), "{err:?}");
+    assert!(err.to_string().contains("disk0"), "{err}");
+    let reset = BitmapReset::Qmp {
         socket: qmp.clone(),
         node: "disk0".into(),
-    }
-    .reset(&proof)
-    .unwrap();
+    };
+    let err = reset.begin("nope").unwrap_err();
+    assert!(matches!(err, ResetError::NoSuchBitmap { .. }), "{err:?}");
+    // Without begin nothing records the writes of a running VM meanwhile:
+    // the reset refuses and clears nothing.
+    let err = reset.reset(&proof).unwrap_err();
+    assert!(matches!(err, ResetError::NotBegun { .. }), "{err:?}");
+    reset.begin("b0").unwrap();
+    // A second begin keeps the first one's bitmap.
+    reset.begin("b0").unwrap();
+    // A write during the synchronisation, after begin and before the reset
+    // (qemu-io's report goes to QEMU's stdout, not to the monitor)...
+    vm.hmp("qemu-io disk0 \"write -P 0x77 30M 4k\"");
+    reset.reset(&proof).unwrap();
     vm.quit();
+    // ...stays marked in b0 (one 64 KiB cluster), and b0's helper is gone.
     let sock = dir.path().join("nbd.sock");
-    assert_eq!(dirty_bytes_now(&img, &sock), 0);
+    assert_eq!(dirty_bytes_now(&img, &sock), 64 << 10);
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", "qcow2"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("\"b0\""), "{info}");
+    assert!(!info.contains(DURING_SUFFIX), "{info}");
 }
 
 // ---------------------------------------------------------------------------

@@ -9,7 +9,10 @@
 //! [`ChangeSource`](rha_core::source::ChangeSource)'s dirty ranges, so that
 //! rha-core's own [`synchronise`](rha_core::sync::synchronise) copies only
 //! those regions to a replica that holds the previous state. After the
-//! replica holds the data durably, [`BitmapReset`] clears the bitmap.
+//! replica holds the data durably, [`BitmapReset`] clears the bitmap (on a
+//! running VM, keeping the writes made during the synchronisation marked:
+//! [`BitmapReset::begin`] before the walk starts a second bitmap that the
+//! reset merges back).
 //!
 //! ```text
 //!  qcow2 + bitmap b0 ── qemu-nbd -r -B b0 ──► NbdClient (client.rs: handshake,
@@ -23,7 +26,9 @@
 //!                          DirtyBitmapSource::finish ──► Synchronised (a proof)
 //!                                              ▼
 //!                 BitmapReset: `qemu-img bitmap --clear IMG b0` (image not in use)
-//!                          or QMP `block-dirty-bitmap-clear` (running VM)
+//!                          or, on a running VM, QMP: before the walk (begin)
+//!                          `block-dirty-bitmap-add b0-rha-during-sync`, after it
+//!                          a transaction of clear b0 + merge the other into b0
 //! ```
 //!
 //! # Example
@@ -34,13 +39,15 @@
 //! use rha_core::volume::{open_volume, Volume};
 //! use rha_transport::qemu_bitmap::{BitmapReset, DirtyBitmapSource, NbdAddress};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let reset = BitmapReset::Image { image: "disk.qcow2".into() };
+//! reset.begin("b0")?;
 //! let source = DirtyBitmapSource::open(&NbdAddress::parse("nbd://127.0.0.1:10809/")?, "b0")?;
 //! let replica: std::sync::Arc<dyn Volume> = open_volume("replica.raw")?.into();
 //! // The replica holds the image as it was when b0 was added or cleared.
 //! let sink = MemSink::with_state(vec![replica], ReplicaState { applied: 0, consistent: true, synced: true });
 //! synchronise(&source, &mut LocalPeer::new(&sink), &SyncOptions::new(SyncMethod::Volume), &Events::new())?;
 //! let proof = source.finish()?;
-//! BitmapReset::Image { image: "disk.qcow2".into() }.reset(&proof)?;
+//! reset.reset(&proof)?;
 //! # Ok(()) }
 //! ```
 
@@ -50,7 +57,7 @@ mod reset;
 mod source;
 
 pub use client::{NbdAddress, NbdClient};
-pub use reset::{BitmapReset, ResetError, Synchronised};
+pub use reset::{BitmapReset, ResetError, Synchronised, DURING_SUFFIX};
 pub use source::{DirtyBitmapSource, DirtyRanges, NbdVolume, MAX_RANGES};
 
 /// What went wrong talking to the NBD server, grouped by who is at fault:

@@ -44,10 +44,14 @@ impl Synchronised {
 
 /// How to clear the bitmap after a successful synchronisation.
 ///
-/// Writes that reach the image after the bitmap was walked and before it is
-/// cleared are lost from the bitmap: clear an image that is not in use, or
-/// (for a running VM) read a point-in-time export (QEMU's image fleecing or a
-/// snapshot) and clear in the same quiet moment.
+/// Call [`BitmapReset::begin`] before the bitmap is walked and
+/// [`BitmapReset::reset`] after the synchronisation. On a running VM
+/// ([`BitmapReset::Qmp`]) writes go on meanwhile: `begin` starts a second
+/// bitmap, `NAME` + [`DURING_SUFFIX`], and `reset` clears `NAME` and merges
+/// that one into it in one QMP transaction, so a write made after `begin`
+/// stays marked for the next synchronisation. An image
+/// ([`BitmapReset::Image`]) must not be written by anyone from `begin` to
+/// `reset` (it is exported read-only by `qemu-nbd`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BitmapReset {
     /// `qemu-img bitmap --clear IMAGE NAME`: for an image no process holds
@@ -57,7 +61,9 @@ pub enum BitmapReset {
         /// The qcow2 image.
         image: PathBuf,
     },
-    /// QMP `block-dirty-bitmap-clear` on a running QEMU.
+    /// QMP on a running QEMU: `block-dirty-bitmap-add` of the bitmap that
+    /// records writes during the synchronisation, then a transaction of
+    /// `block-dirty-bitmap-clear` and `block-dirty-bitmap-merge`.
     Qmp {
         /// The VM's QMP unix socket (`-qmp unix:PATH,server=on,wait=off`).
         socket: PathBuf,
@@ -66,16 +72,79 @@ pub enum BitmapReset {
     },
 }
 
+/// Appended to a bitmap's name to name the bitmap that
+/// [`BitmapReset::begin`] adds on a running QEMU.
+pub const DURING_SUFFIX: &str = "-rha-during-sync";
+
 impl BitmapReset {
-    /// Clears the bitmap that `proof` names (a failed reset may be retried with the same proof).
+    /// Prepares the reset, before the bitmap `bitmap` is walked. On a
+    /// running QEMU this adds the persistent bitmap `bitmap` +
+    /// [`DURING_SUFFIX`], with the same granularity, to record the writes
+    /// made from now on; one left by an earlier synchronisation that did not
+    /// finish is kept (it has recorded at least as much). Nothing to do for
+    /// an image.
+    pub fn begin(&self, bitmap: &str) -> Result<(), ResetError> {
+        let BitmapReset::Qmp { socket, node } = self else {
+            return Ok(());
+        };
+        let mut qmp = Qmp::connect(socket)?;
+        let bitmaps = qmp.bitmaps(node)?;
+        let during = format!("{bitmap}{DURING_SUFFIX}");
+        let granularity = bitmaps
+            .iter()
+            .find(|b| b.get("name").and_then(Value::as_str) == Some(bitmap))
+            .and_then(|b| b.get("granularity").and_then(Value::as_u64))
+            .ok_or_else(|| ResetError::NoSuchBitmap {
+                socket: socket.clone(),
+                node: node.clone(),
+                bitmap: bitmap.to_string(),
+            })?;
+        if bitmaps
+            .iter()
+            .any(|b| b.get("name").and_then(Value::as_str) == Some(&during))
+        {
+            return Ok(());
+        }
+        qmp.execute(
+            "block-dirty-bitmap-add",
+            json!({ "node": node, "name": during, "granularity": granularity, "persistent": true }),
+        )?;
+        Ok(())
+    }
+
+    /// Clears the bitmap that `proof` names (a failed reset may be retried
+    /// with the same proof). On a running QEMU the writes recorded since
+    /// [`BitmapReset::begin`] are merged back into it in the same
+    /// transaction, and the bitmap `begin` added is removed; without that
+    /// bitmap nothing is cleared ([`ResetError::NotBegun`]).
     pub fn reset(&self, proof: &Synchronised) -> Result<(), ResetError> {
         match self {
             BitmapReset::Image { image } => clear_with_qemu_img(image, &proof.bitmap),
             BitmapReset::Qmp { socket, node } => {
                 let mut qmp = Qmp::connect(socket)?;
+                let during = format!("{}{DURING_SUFFIX}", proof.bitmap);
+                let begun = qmp
+                    .bitmaps(node)?
+                    .iter()
+                    .any(|b| b.get("name").and_then(Value::as_str) == Some(&during));
+                if !begun {
+                    return Err(ResetError::NotBegun {
+                        bitmap: proof.bitmap.clone(),
+                        during,
+                    });
+                }
                 qmp.execute(
-                    "block-dirty-bitmap-clear",
-                    json!({ "node": node, "name": proof.bitmap }),
+                    "transaction",
+                    json!({ "actions": [
+                        { "type": "block-dirty-bitmap-clear",
+                          "data": { "node": node, "name": proof.bitmap } },
+                        { "type": "block-dirty-bitmap-merge",
+                          "data": { "node": node, "target": proof.bitmap, "bitmaps": [during] } },
+                    ]}),
+                )?;
+                qmp.execute(
+                    "block-dirty-bitmap-remove",
+                    json!({ "node": node, "name": during }),
                 )?;
                 Ok(())
             }
@@ -189,6 +258,36 @@ impl Qmp {
         )))
     }
 
+    /// The dirty bitmaps of block node `node` (its node name), as
+    /// `query-named-block-nodes` lists them.
+    fn bitmaps(&mut self, node: &str) -> Result<Vec<Value>, ResetError> {
+        let nodes = self.execute("query-named-block-nodes", json!({ "flat": true }))?;
+        let Some(nodes) = nodes.as_array() else {
+            return Err(self.protocol(format!(
+                "query-named-block-nodes returned {nodes}, not a list"
+            )));
+        };
+        let Some(found) = nodes
+            .iter()
+            .find(|n| n.get("node-name").and_then(Value::as_str) == Some(node))
+        else {
+            let names: Vec<&str> = nodes
+                .iter()
+                .filter_map(|n| n.get("node-name").and_then(Value::as_str))
+                .collect();
+            return Err(ResetError::NoSuchNode {
+                socket: self.socket.clone(),
+                node: node.to_string(),
+                known: names.join(", "),
+            });
+        };
+        Ok(found
+            .get("dirty-bitmaps")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     /// Reads one message (one JSON object per line, at most [`MAX_QMP_LINE`] bytes).
     fn message(&mut self) -> Result<Value, ResetError> {
         let mut line = Vec::new();
@@ -276,6 +375,35 @@ pub enum ResetError {
         socket: PathBuf,
         /// What was wrong.
         detail: String,
+    },
+    /// The QEMU has no block node of that name.
+    #[error("QMP {}: no block node named {node:?} (the node names are: {known}); pass the node name of the disk that holds the bitmap", socket.display())]
+    NoSuchNode {
+        /// The socket.
+        socket: PathBuf,
+        /// The node asked for.
+        node: String,
+        /// The node names QEMU listed.
+        known: String,
+    },
+    /// The block node has no bitmap of that name.
+    #[error("QMP {}: block node {node:?} has no dirty bitmap {bitmap:?} (add it with block-dirty-bitmap-add, persistent, before the replica's baseline copy)", socket.display())]
+    NoSuchBitmap {
+        /// The socket.
+        socket: PathBuf,
+        /// The node.
+        node: String,
+        /// The bitmap asked for.
+        bitmap: String,
+    },
+    /// [`BitmapReset::reset`] on a running QEMU found no bitmap recording
+    /// the writes made during the synchronisation, so it clears nothing.
+    #[error("dirty bitmap {bitmap:?} is not cleared: bitmap {during:?}, which records the writes made during the synchronisation, does not exist (BitmapReset::begin was not called before the sync, or it was removed); the next synchronisation sends the same regions again")]
+    NotBegun {
+        /// The bitmap.
+        bitmap: String,
+        /// The bitmap that `begin` adds.
+        during: String,
     },
     /// QEMU refused the command.
     #[error("QMP {}: {command} failed: {class}: {desc}", socket.display())]
