@@ -268,6 +268,50 @@ fn nbd_scenario(dir: &Path, name: &str, image: &Path, mp: u16, ap: u16) -> std::
     p
 }
 
+/// A master engine serving NBD exports and an appliance, both under `dir`
+/// (`m`, `a`), running `nbd` scenario `name` of `image` until the replica
+/// is consistent; returns them and the volume's export URL.
+fn nbd_pair(
+    dir: &Path,
+    certs: &Path,
+    name: &str,
+    image: &Path,
+) -> (EngineProc, EngineProc, String) {
+    let master = EngineProc::start(
+        certs,
+        "master",
+        &dir.join("m"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--nbd-listen",
+            "127.0.0.1:0",
+            "--nbd-plaintext",
+        ],
+    );
+    let appliance = EngineProc::start(
+        certs,
+        "appliance",
+        &dir.join("a"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let file = nbd_scenario(dir, name, image, master.port(), appliance.port());
+    rha_ok(
+        certs,
+        &[
+            "scenario",
+            "run",
+            file.to_str().unwrap(),
+            "--timeout-secs",
+            "120",
+        ],
+    );
+    let nbd = wait_file(&dir.join("m/nbd.addr"), 10);
+    let stem = image.file_stem().unwrap().to_str().unwrap();
+    let url = format!("nbd://{nbd}/{name}/{stem}");
+    (master, appliance, url)
+}
+
 fn wait_file(path: &Path, secs: u64) -> String {
     let t = Instant::now();
     loop {
@@ -293,40 +337,10 @@ fn engine_nbd_export_is_replicated_and_the_replica_equals_the_master() {
     let img = dir.join("system.img");
     let base: Vec<u8> = (0..32 * MIB).map(|i| (i / 512 % 7) as u8).collect();
     std::fs::write(&img, &base).unwrap();
-    let master = EngineProc::start(
-        &certs,
-        "master",
-        &dir.join("m"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--nbd-listen",
-            "127.0.0.1:0",
-            "--nbd-plaintext",
-        ],
-    );
-    let appliance = EngineProc::start(
-        &certs,
-        "appliance",
-        &dir.join("a"),
-        &["--listen", "127.0.0.1:0"],
-    );
+    let (master, appliance, url) = nbd_pair(dir, &certs, "nbde2e", &img);
     let a = appliance.addr.clone().unwrap();
-    let file = nbd_scenario(dir, "nbde2e", &img, master.port(), appliance.port());
-    rha_ok(
-        &certs,
-        &[
-            "scenario",
-            "run",
-            file.to_str().unwrap(),
-            "--timeout-secs",
-            "120",
-        ],
-    );
     let s = status(&certs, &a, "nbde2e");
     assert_eq!(s["replica"]["consistent"], true, "{s:#}");
-    let nbd = wait_file(&dir.join("m/nbd.addr"), 10);
-    let url = format!("nbd://{nbd}/nbde2e/system");
     // The guest writes while the scenario replicates.
     let (ok, out) = qemu_io(&["-f", "raw", &url], &random_commands(99, 150, 32 * MIB));
     assert!(ok, "{out}");
@@ -404,4 +418,49 @@ fn nbd_scenario_without_nbd_listen_is_refused_with_what_to_add() {
             .contains("capture method `nbd`"),
         "{s:#}"
     );
+}
+
+#[test]
+fn engine_sigterm_closes_an_nbd_scenarios_journal_cleanly() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let certs = make_certs(dir);
+    let img = dir.join("data.img");
+    std::fs::write(&img, vec![0u8; 8 * MIB as usize]).unwrap();
+    let (mut master, _appliance, url) = nbd_pair(dir, &certs, "nbdterm", &img);
+    let (ok, out) = qemu_io(&["-f", "raw", &url], &random_commands(5, 40, 8 * MIB));
+    assert!(ok, "{out}");
+    // A planned stop of the master (before a reboot, say)...
+    unsafe_kill(master.child.id(), libc::SIGTERM);
+    let status = master.child.wait().unwrap();
+    assert!(status.success(), "engine exited with {status}");
+    let log = std::fs::read_to_string(&master.log).unwrap();
+    assert!(log.contains("journal closed cleanly"), "{log}");
+    // ...leaves a journal that opens clean: a reboot now resyncs nothing.
+    let journal = find_dir_with(&dir.join("m"), "changelog").expect("the scenario's journal");
+    let v: Arc<dyn Volume> = Arc::new(FileVolume::open(&img).unwrap());
+    let (set, recovery) =
+        TrackedSet::open(&journal, JournalConfig::default(), vec![v], Events::new()).unwrap();
+    assert!(
+        recovery.clean_shutdown && !recovery.needs_resync,
+        "{recovery:?}"
+    );
+    assert!(set.last_seq() >= 40, "{}", set.last_seq());
+    set.close().unwrap();
+}
+
+/// The first directory under `root` that holds a file named `name`.
+fn find_dir_with(root: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(root).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if p.join(name).is_file() {
+                return Some(p);
+            }
+            if let Some(found) = find_dir_with(&p, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
 }

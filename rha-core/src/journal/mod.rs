@@ -363,6 +363,12 @@ pub enum JournalError {
         /// The earlier failure.
         reason: String,
     },
+    /// A write came after [`Journal::close_shared`].
+    #[error("journal {path} is closed: no write is journalled any more (the engine or the export is shutting down)")]
+    Closed {
+        /// The journal directory.
+        path: PathBuf,
+    },
 }
 
 /// Records returned by one [`Journal::read_after`] call at most, whatever
@@ -560,6 +566,8 @@ struct Inner {
     /// `(discards, rotations)` when the current resync started.
     resync: Option<(u64, u64)>,
     failed: Option<String>,
+    /// [`Journal::close_shared`] ran: appends are refused.
+    closed: bool,
     buf: Vec<u8>,
     _lock: File,
 }
@@ -859,6 +867,7 @@ impl Journal {
             writer: writer.clone(),
             resync: None,
             failed: None,
+            closed: false,
             buf: Vec::new(),
             _lock: lock,
         };
@@ -964,6 +973,11 @@ impl Journal {
         loop {
             let mut inner = self.lock();
             inner.check_failed()?;
+            if inner.closed {
+                return Err(JournalError::Closed {
+                    path: inner.dir.clone(),
+                });
+            }
             inner.changelog.check_range(volume, offset, len)?;
             // The change log first: it must cover the write whatever happens next.
             match inner.changelog.mark(volume, offset, len)? {
@@ -1284,15 +1298,34 @@ impl Journal {
 
     /// Syncs everything and records a clean shutdown.
     pub fn close(self) -> Result<(), JournalError> {
-        // After this no sync is in flight: `self` is owned here.
+        self.close_shared()
+    }
+
+    /// [`Journal::close`] through a shared reference, for an owner that
+    /// cannot take the journal back from everyone holding it (the volumes
+    /// of a [`TrackedSet`](crate::source::TrackedSet) served over NBD) once
+    /// every writer has stopped: syncs everything, records a clean
+    /// shutdown, and from then on refuses appends with
+    /// [`JournalError::Closed`] (reads and acknowledgements still work).
+    /// The next [`Journal::open`] finds a clean shutdown, so a reboot then
+    /// needs no resync. A second call does nothing.
+    pub fn close_shared(&self) -> Result<(), JournalError> {
+        // After this no background sync starts again.
         self.stop_flusher();
+        let written = {
+            let mut inner = self.lock();
+            inner.check_failed()?;
+            if inner.closed {
+                return Ok(());
+            }
+            // From here on no append slips in before the clean shutdown is recorded.
+            inner.closed = true;
+            inner.written
+        };
+        // Waits for a sync another thread has in flight, then syncs the
+        // rest: every record is durable before the shutdown is called clean.
+        commit(&self.inner, &self.commit, written)?;
         let mut inner = self.lock();
-        inner.check_failed()?;
-        let batch = inner.take_batch();
-        if let Err(e) = batch.run() {
-            inner.failed = Some(e.to_string());
-            return Err(e);
-        }
         inner.state.clean_shutdown = true;
         inner.persist_state()
     }

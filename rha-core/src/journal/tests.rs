@@ -1065,3 +1065,34 @@ fn a_replica_that_keeps_up_does_not_churn_segment_files() {
     assert_eq!(j.read_after(50, 10).unwrap(), vec![]);
     j.close().unwrap();
 }
+
+#[test]
+fn close_shared_records_a_clean_shutdown_and_refuses_later_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config.clone());
+    let j = Arc::new(j);
+    let other = j.clone(); // a volume served over NBD still holds it
+    for i in 0..5u64 {
+        logged(j.append(0, i * 100, &data(i, 100)).unwrap());
+    }
+    assert!(j.durable() < 5, "the hour-long interval has not synced yet");
+    j.close_shared().unwrap();
+    assert_eq!(j.durable(), 5, "every record is durable once closed");
+    let err = other.append(0, 0, b"late").unwrap_err();
+    assert!(matches!(err, JournalError::Closed { .. }), "{err:?}");
+    assert!(err.to_string().contains("closed"), "{err}");
+    // Reads and acknowledgements still work; a second close does nothing.
+    assert_eq!(other.read_after(0, usize::MAX).unwrap().len(), 5);
+    other.acknowledge(2).unwrap();
+    j.close_shared().unwrap();
+    drop((j, other));
+    let (j, rec) = open(dir.path(), config);
+    assert!(rec.clean_shutdown);
+    assert!(!rec.needs_resync);
+    assert_eq!(j.last_seq(), 5);
+    j.close().unwrap();
+}

@@ -99,6 +99,19 @@ impl TrackedSet {
     }
 }
 
+impl TrackedSet {
+    /// [`TrackedSet::close`] while clones of its volumes may still exist (an
+    /// NBD server's exports), once nothing writes through them any more:
+    /// flushes the volumes, syncs the journal and records a clean shutdown
+    /// ([`Journal::close_shared`]); a later write through a clone fails.
+    pub fn close_shared(&self) -> Result<(), SourceError> {
+        for v in &self.volumes {
+            v.flush()?;
+        }
+        Ok(self.journal.close_shared()?)
+    }
+}
+
 impl ChangeSource for TrackedSet {
     fn volumes(&self) -> &[Arc<dyn Volume>] {
         &self.volumes

@@ -87,6 +87,8 @@ pub struct MasterScenario {
     session: Mutex<Option<Session>>,
     /// With capture method `nbd`: the server and the exports of the volumes.
     nbd: Option<(NbdServer, Vec<String>)>,
+    /// The tracked set behind those exports (capture method `nbd`).
+    tracked: Option<Arc<TrackedSet>>,
     /// When each not-yet-acknowledged sequence was first seen (sampled), for the lag in seconds.
     seen: Mutex<std::collections::VecDeque<(Seq, Instant)>>,
 }
@@ -201,6 +203,7 @@ impl MasterScenario {
         };
         let events = Events::new();
         let mut served = None;
+        let mut tracked = None;
         let (source, rescan): (Arc<dyn ChangeSource>, Option<Arc<RescanSource>>) =
             match (provided, scenario.capture.method) {
                 (Some(s), _) => (s, None),
@@ -213,6 +216,7 @@ impl MasterScenario {
                     };
                     let (set, exports) = serve_nbd(&dir, &scenario, server, &events)?;
                     served = Some((server.clone(), exports));
+                    tracked = Some(set.clone());
                     (set as Arc<dyn ChangeSource>, None)
                 }
                 (None, CaptureMethod::Tracked) => {
@@ -248,6 +252,7 @@ impl MasterScenario {
             stop_capture: Arc::new(AtomicBool::new(false)),
             session: Mutex::new(None),
             nbd: served,
+            tracked,
             seen: Mutex::new(Default::default()),
         });
         ms.start_capture();
@@ -462,6 +467,22 @@ impl MasterScenario {
             .as_ref()
             .map(|(_, e)| e.clone())
             .unwrap_or_default()
+    }
+
+    /// Closes the journal of an `nbd` scenario cleanly, once the NBD server
+    /// has shut down (nothing writes through the exports any more), so that
+    /// a reboot of the master now needs no resync. Logs the outcome.
+    pub(crate) fn close_tracked(&self) {
+        let Some(set) = &self.tracked else { return };
+        match set.close_shared() {
+            Ok(()) => {
+                tracing::info!(scenario = %self.scenario.name, "journal closed cleanly")
+            }
+            Err(e) => tracing::warn!(
+                scenario = %self.scenario.name,
+                "the journal could not be closed cleanly ({e}); after a reboot its dirty regions are resynchronised"
+            ),
+        }
     }
 
     fn remove_exports(&self) {

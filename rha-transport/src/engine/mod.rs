@@ -436,7 +436,7 @@ impl Engine {
     pub async fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
         let masters: Vec<_> = lock(&self.shared.masters).drain().map(|(_, m)| m).collect();
-        for m in masters {
+        for m in &masters {
             m.stop_session();
             m.stop_capture_only();
         }
@@ -451,7 +451,12 @@ impl Engine {
         }
         let nbd = lock(&self.shared.nbd_handle).take();
         if let Some(h) = nbd {
+            // Returns once every connection is closed and no volume
+            // operation holds an export any more.
             h.shutdown().await;
+        }
+        for m in &masters {
+            m.close_tracked();
         }
     }
 
