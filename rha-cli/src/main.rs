@@ -89,6 +89,10 @@ enum Command {
         /// The block node that holds the bitmap (for --qmp).
         #[arg(long, value_name = "NODE", requires = "qmp")]
         node: Option<String>,
+        /// The id of QEMU's own NBD export that serves the bitmap (for --qmp): QEMU keeps
+        /// an exported bitmap busy, so it is removed (block-export-del) before the reset.
+        #[arg(long, value_name = "ID", requires = "qmp")]
+        qmp_export: Option<String>,
         /// The source image (raw or fixed VHD), or with --dirty-bitmap an NBD export.
         src: PathBuf,
         /// The destination image; created (raw, sparse) at the source's size when missing.
@@ -186,6 +190,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             clear_image,
             qmp,
             node,
+            qmp_export,
             src,
             dst,
         } => {
@@ -196,7 +201,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(bitmap) = dirty_bitmap {
                 let reset = match (clear_image, qmp, node) {
                     (Some(image), _, _) => Some(BitmapReset::Image { image }),
-                    (None, Some(socket), Some(node)) => Some(BitmapReset::Qmp { socket, node }),
+                    (None, Some(socket), Some(node)) => Some(BitmapReset::Qmp {
+                        socket,
+                        node,
+                        export: qmp_export,
+                    }),
                     _ => None,
                 };
                 return bitmap::run(bitmap::BitmapSync {

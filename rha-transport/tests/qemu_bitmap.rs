@@ -423,27 +423,27 @@ impl Vm {
         }
     }
 
-    /// Runs an HMP command line through QMP's `human-monitor-command`;
-    /// returns what the monitor printed.
-    fn hmp(&self, command_line: &str) -> String {
+    /// Runs one QMP command; returns its `return` (panics on an error).
+    fn qmp(&self, command: &str, arguments: serde_json::Value) -> serde_json::Value {
         let mut s = std::os::unix::net::UnixStream::connect(&self.qmp).unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
         let mut line = String::new();
         r.read_line(&mut line).unwrap(); // the greeting
-        let cmd = serde_json::json!({
-            "execute": "human-monitor-command",
-            "arguments": { "command-line": command_line },
-        });
+        let cmd = serde_json::json!({ "execute": command, "arguments": arguments });
         s.write_all(format!("{{\"execute\":\"qmp_capabilities\"}}\n{cmd}\n").as_bytes())
             .unwrap();
+        let mut answers = 0;
         loop {
             line.clear();
             assert!(r.read_line(&mut line).unwrap() > 0, "QEMU closed QMP");
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if let Some(out) = v.get("return").and_then(|r| r.as_str()) {
-                return out.to_string();
+            assert!(v.get("error").is_none(), "{command}: {v}");
+            if let Some(ret) = v.get("return") {
+                answers += 1;
+                if answers == 2 {
+                    return ret.clone();
+                }
             }
-            assert!(v.get("error").is_none(), "{command_line}: {v}");
         }
     }
 
@@ -502,6 +502,7 @@ fn tcp_export_then_reset_over_qmp() {
     let wrong = BitmapReset::Qmp {
         socket: qmp.clone(),
         node: "no-such-node".into(),
+        export: None,
     };
     let err = wrong.reset(&proof).unwrap_err();
     assert!(matches!(err, ResetError::NoSuchNode { .. }), "{err:?}");
@@ -509,6 +510,7 @@ fn tcp_export_then_reset_over_qmp() {
     let reset = BitmapReset::Qmp {
         socket: qmp.clone(),
         node: "disk0".into(),
+        export: None,
     };
     let err = reset.begin("nope").unwrap_err();
     assert!(matches!(err, ResetError::NoSuchBitmap { .. }), "{err:?}");
@@ -521,8 +523,34 @@ fn tcp_export_then_reset_over_qmp() {
     reset.begin("b0").unwrap();
     // A write during the synchronisation, after begin and before the reset
     // (qemu-io's report goes to QEMU's stdout, not to the monitor)...
-    vm.hmp("qemu-io disk0 \"write -P 0x77 30M 4k\"");
+    vm.qmp(
+        "human-monitor-command",
+        serde_json::json!({ "command-line": "qemu-io disk0 \"write -P 0x77 30M 4k\"" }),
+    );
+    // While QEMU's NBD server exports the bitmap it is busy: the reset
+    // says so and changes nothing; after block-export-del it goes through.
+    let nbd_sock = dir.path().join("vm-nbd.sock");
+    vm.qmp(
+        "nbd-server-start",
+        serde_json::json!({ "addr": { "type": "unix", "data": { "path": nbd_sock } } }),
+    );
+    vm.qmp(
+        "block-export-add",
+        serde_json::json!({ "type": "nbd", "id": "e0", "node-name": "disk0",
+                            "name": "disk", "bitmaps": ["b0"], "writable": true }),
+    );
+    let err = reset.reset(&proof).unwrap_err();
+    assert!(matches!(err, ResetError::BitmapBusy { .. }), "{err:?}");
+    assert!(err.to_string().contains("block-export-del"), "{err}");
+    // Named, the export is removed by the reset itself.
+    let reset = BitmapReset::Qmp {
+        socket: qmp.clone(),
+        node: "disk0".into(),
+        export: Some("e0".into()),
+    };
     reset.reset(&proof).unwrap();
+    let exports = vm.qmp("query-block-exports", serde_json::json!({}));
+    assert_eq!(exports, serde_json::json!([]), "the export is gone");
     vm.quit();
     // ...stays marked in b0 (one 64 KiB cluster), and b0's helper is gone.
     let sock = dir.path().join("nbd.sock");

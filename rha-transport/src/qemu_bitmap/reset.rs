@@ -69,6 +69,11 @@ pub enum BitmapReset {
         socket: PathBuf,
         /// The block node that holds the bitmap (its node name or device id).
         node: String,
+        /// The id of the NBD export (`block-export-add`) that serves the
+        /// bitmap to the synchronisation, if QEMU's own NBD server does: QEMU
+        /// keeps an exported bitmap busy, so the reset removes the export
+        /// (`block-export-del`) first and waits until the bitmap is free.
+        export: Option<String>,
     },
 }
 
@@ -84,7 +89,7 @@ impl BitmapReset {
     /// finish is kept (it has recorded at least as much). Nothing to do for
     /// an image.
     pub fn begin(&self, bitmap: &str) -> Result<(), ResetError> {
-        let BitmapReset::Qmp { socket, node } = self else {
+        let BitmapReset::Qmp { socket, node, .. } = self else {
             return Ok(());
         };
         let mut qmp = Qmp::connect(socket)?;
@@ -120,8 +125,15 @@ impl BitmapReset {
     pub fn reset(&self, proof: &Synchronised) -> Result<(), ResetError> {
         match self {
             BitmapReset::Image { image } => clear_with_qemu_img(image, &proof.bitmap),
-            BitmapReset::Qmp { socket, node } => {
+            BitmapReset::Qmp {
+                socket,
+                node,
+                export,
+            } => {
                 let mut qmp = Qmp::connect(socket)?;
+                if let Some(id) = export {
+                    qmp.remove_export(id, node, &proof.bitmap)?;
+                }
                 let during = format!("{}{DURING_SUFFIX}", proof.bitmap);
                 let begun = qmp
                     .bitmaps(node)?
@@ -133,7 +145,7 @@ impl BitmapReset {
                         during,
                     });
                 }
-                qmp.execute(
+                let transaction = qmp.execute(
                     "transaction",
                     json!({ "actions": [
                         { "type": "block-dirty-bitmap-clear",
@@ -141,7 +153,17 @@ impl BitmapReset {
                         { "type": "block-dirty-bitmap-merge",
                           "data": { "node": node, "target": proof.bitmap, "bitmaps": [during] } },
                     ]}),
-                )?;
+                );
+                if let Err(ResetError::QmpRefused { desc, .. }) = &transaction {
+                    if desc.contains("in use") {
+                        return Err(ResetError::BitmapBusy {
+                            socket: socket.clone(),
+                            bitmap: proof.bitmap.clone(),
+                            desc: desc.clone(),
+                        });
+                    }
+                }
+                transaction?;
                 qmp.execute(
                     "block-dirty-bitmap-remove",
                     json!({ "node": node, "name": during }),
@@ -256,6 +278,36 @@ impl Qmp {
         Err(self.protocol(format!(
             "no answer to {command} after {MAX_QMP_MESSAGES} events"
         )))
+    }
+
+    /// `block-export-del` of export `id` (one already gone is fine), then
+    /// waits until QEMU no longer holds `bitmap` of `node` busy (the export
+    /// goes once its last client has disconnected).
+    fn remove_export(&mut self, id: &str, node: &str, bitmap: &str) -> Result<(), ResetError> {
+        match self.execute("block-export-del", json!({ "id": id })) {
+            Err(ResetError::QmpRefused { desc, .. }) if desc.contains("not found") => {}
+            other => {
+                other?;
+            }
+        }
+        let started = Instant::now();
+        loop {
+            let busy = self.bitmaps(node)?.iter().any(|b| {
+                b.get("name").and_then(Value::as_str) == Some(bitmap)
+                    && b.get("busy").and_then(Value::as_bool) == Some(true)
+            });
+            if !busy {
+                return Ok(());
+            }
+            if started.elapsed() >= LOCK_RETRY {
+                return Err(ResetError::BitmapBusy {
+                    socket: self.socket.clone(),
+                    bitmap: bitmap.to_string(),
+                    desc: format!("still busy {} s after block-export-del of export {id:?} (does another client still use it?)", LOCK_RETRY.as_secs()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The dirty bitmaps of block node `node` (its node name), as
@@ -395,6 +447,17 @@ pub enum ResetError {
         node: String,
         /// The bitmap asked for.
         bitmap: String,
+    },
+    /// QEMU holds the bitmap busy, as it does while an NBD export
+    /// (`block-export-add ... bitmaps`) serves it.
+    #[error("QMP {}: dirty bitmap {bitmap:?} is not cleared: {desc}; an NBD export that serves the bitmap keeps it busy: name the export (BitmapReset::Qmp's export, rha sync --qmp-export ID) so that the reset removes it first, or remove it yourself (block-export-del ID), then retry the reset (nothing was changed)", socket.display())]
+    BitmapBusy {
+        /// The socket.
+        socket: PathBuf,
+        /// The bitmap.
+        bitmap: String,
+        /// QEMU's description.
+        desc: String,
     },
     /// [`BitmapReset::reset`] on a running QEMU found no bitmap recording
     /// the writes made during the synchronisation, so it clears nothing.
