@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../rha-transport/tests/listen_support/mod.rs"]
-mod listen_support;
+#[path = "../../rha-transport/tests/qemu_support/mod.rs"]
+mod qemu_support;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -39,6 +39,26 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A qcow2 `img` of `size` written by `write` and its raw copy `dst` (the
+/// replica's baseline), then bitmap `b0` added and enabled.
+fn baseline(img: &Path, dst: &Path, size: &str, write: &str) {
+    run("qemu-img", &["create", "-q", "-f", "qcow2", s(img), size]);
+    run("qemu-io", &["-f", "qcow2", "-c", write, s(img)]);
+    run(
+        "qemu-img",
+        &["convert", "-f", "qcow2", "-O", "raw", s(img), s(dst)],
+    );
+    run("qemu-img", &["bitmap", "--add", "--enable", s(img), "b0"]);
+}
+
+/// `qemu-img compare` of the qcow2 `img` and the raw `dst` succeeds.
+fn same_content(img: &Path, dst: &Path) {
+    run(
+        "qemu-img",
+        &["compare", "-q", "-f", "qcow2", "-F", "raw", s(img), s(dst)],
+    );
+}
+
 /// `qemu-nbd -r -f qcow2 [-B b0] -k SOCK IMG` (exits when its client leaves).
 fn qemu_nbd(img: &Path, sock: &Path, bitmap: bool) -> Child {
     let _ = std::fs::remove_file(sock);
@@ -48,7 +68,7 @@ fn qemu_nbd(img: &Path, sock: &Path, bitmap: bool) -> Child {
         cmd.args(["-B", "b0"]);
     }
     let child = cmd.arg(img).stdout(Stdio::null()).spawn().unwrap();
-    listen_support::wait_listening(sock, "qemu-nbd");
+    qemu_support::wait_listening(sock, "qemu-nbd");
     child
 }
 
@@ -79,16 +99,7 @@ fn sync_dirty_bitmap_sends_the_dirty_clusters_and_clears_the_bitmap() {
     let img = dir.path().join("vm.qcow2");
     let dst = dir.path().join("replica.raw");
     let sock = dir.path().join("nbd.sock");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "16M"]);
-    run(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x33 0 8M", s(&img)],
-    );
-    run(
-        "qemu-img",
-        &["convert", "-f", "qcow2", "-O", "raw", s(&img), s(&dst)],
-    );
-    run("qemu-img", &["bitmap", "--add", "--enable", s(&img), "b0"]);
+    baseline(&img, &dst, "16M", "write -P 0x33 0 8M");
     run(
         "qemu-io",
         &[
@@ -123,19 +134,7 @@ fn sync_dirty_bitmap_sends_the_dirty_clusters_and_clears_the_bitmap() {
     assert_eq!(report["bitmap_cleared"], true, "{report}");
     let sent = report["bytes_sent"].as_u64().unwrap();
     assert!((dirty..dirty + 4 * KIB).contains(&sent), "{report}");
-    run(
-        "qemu-img",
-        &[
-            "compare",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            s(&img),
-            s(&dst),
-        ],
-    );
+    same_content(&img, &dst);
 
     // The bitmap is empty now: a second run has nothing to send.
     let mut nbd = qemu_nbd(&img, &sock, true);
@@ -194,4 +193,87 @@ fn sync_dirty_bitmap_errors() {
     assert_eq!(out.status.code(), Some(2));
     let out = rha_sync(&["--dirty-bitmap", "b0", "--qmp", "/x", &src, s(&dst)]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn sync_dirty_bitmap_of_a_running_qemu_over_qmp() {
+    let test = "sync_dirty_bitmap_of_a_running_qemu_over_qmp";
+    if !have(test) {
+        return;
+    }
+    if !Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("skipping {test}: qemu-system-x86_64 is not available");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("vm.qcow2");
+    let dst = dir.path().join("replica.raw");
+    baseline(&img, &dst, "16M", "write -P 0x21 0 4M");
+    // The VM runs: its disk node disk0 records writes in b0.
+    let qmp_sock = dir.path().join("qmp.sock");
+    let vm = qemu_support::Vm::start(&img, &qmp_sock);
+    let hmp = |line: &str| {
+        qemu_support::qmp(
+            &qmp_sock,
+            "human-monitor-command",
+            serde_json::json!({ "command-line": line }),
+        )
+    };
+    hmp("qemu-io disk0 \"write -P 0x6b 1M 64k\"");
+    hmp("qemu-io disk0 \"write -P 0x6b 9M 128k\"");
+    // QEMU's own NBD server exports the disk with the bitmap.
+    let nbd_sock = dir.path().join("vm-nbd.sock");
+    qemu_support::qmp(
+        &qmp_sock,
+        "nbd-server-start",
+        serde_json::json!({ "addr": { "type": "unix", "data": { "path": nbd_sock } } }),
+    );
+    qemu_support::qmp(
+        &qmp_sock,
+        "block-export-add",
+        serde_json::json!({ "type": "nbd", "id": "e0", "node-name": "disk0",
+                            "name": "disk", "bitmaps": ["b0"], "writable": true }),
+    );
+    let src = format!("nbd+unix:///disk?socket={}", nbd_sock.display());
+    let out = rha_sync(&[
+        "--dirty-bitmap",
+        "b0",
+        "--qmp",
+        s(&qmp_sock),
+        "--node",
+        "disk0",
+        "--qmp-export",
+        "e0",
+        &src,
+        s(&dst),
+    ]);
+    let report = json(&out);
+    assert_eq!(report["dirty_bytes"], 192 * KIB, "{report}");
+    assert_eq!(report["bitmap_cleared"], true, "{report}");
+    // The export is gone, b0 is empty, its helper bitmap removed.
+    assert_eq!(
+        qemu_support::qmp(&qmp_sock, "query-block-exports", serde_json::json!({})),
+        serde_json::json!([])
+    );
+    let nodes = qemu_support::qmp(
+        &qmp_sock,
+        "query-named-block-nodes",
+        serde_json::json!({ "flat": true }),
+    );
+    let bitmaps = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == "disk0")
+        .unwrap()["dirty-bitmaps"]
+        .clone();
+    assert_eq!(bitmaps.as_array().unwrap().len(), 1, "{bitmaps}");
+    assert_eq!(bitmaps[0]["name"], "b0", "{bitmaps}");
+    assert_eq!(bitmaps[0]["count"], 0, "{bitmaps}");
+    vm.quit();
+    same_content(&img, &dst);
 }

@@ -7,9 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod listen_support;
+mod qemu_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use qemu_support::Vm;
+
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -149,7 +151,7 @@ impl QemuNbd {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        listen_support::wait_listening(sock, "qemu-nbd");
+        qemu_support::wait_listening(sock, "qemu-nbd");
         QemuNbd { child }
     }
 
@@ -393,77 +395,6 @@ fn an_export_without_the_bitmap_is_refused_clearly() {
             msg.contains(&format!("qemu-nbd was not started with -B {asked}")),
             "{msg}"
         );
-    }
-}
-
-/// A QEMU with no machine, the qcow2 as a block node `disk0` and a QMP socket.
-struct Vm {
-    child: Child,
-    qmp: PathBuf,
-}
-
-impl Vm {
-    fn start(img: &Path, qmp: &Path) -> Vm {
-        let child = Command::new("qemu-system-x86_64")
-            .args(["-machine", "none", "-nodefaults", "-display", "none"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .arg("-blockdev")
-            .arg(format!(
-                "driver=qcow2,node-name=disk0,file.driver=file,file.filename={}",
-                img.display()
-            ))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        listen_support::wait_listening(qmp, "qemu-system-x86_64 (QMP)");
-        Vm {
-            child,
-            qmp: qmp.to_path_buf(),
-        }
-    }
-
-    /// Runs one QMP command; returns its `return` (panics on an error).
-    fn qmp(&self, command: &str, arguments: serde_json::Value) -> serde_json::Value {
-        let mut s = std::os::unix::net::UnixStream::connect(&self.qmp).unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap(); // the greeting
-        let cmd = serde_json::json!({ "execute": command, "arguments": arguments });
-        s.write_all(format!("{{\"execute\":\"qmp_capabilities\"}}\n{cmd}\n").as_bytes())
-            .unwrap();
-        let mut answers = 0;
-        loop {
-            line.clear();
-            assert!(r.read_line(&mut line).unwrap() > 0, "QEMU closed QMP");
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            assert!(v.get("error").is_none(), "{command}: {v}");
-            if let Some(ret) = v.get("return") {
-                answers += 1;
-                if answers == 2 {
-                    return ret.clone();
-                }
-            }
-        }
-    }
-
-    /// `quit` over QMP (the bitmap is stored in the qcow2 on the way out).
-    fn quit(mut self) {
-        let mut s = std::os::unix::net::UnixStream::connect(&self.qmp).unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        s.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n")
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "qemu exited with {status}");
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
