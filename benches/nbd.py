@@ -19,7 +19,7 @@ Prints both figures and the ratio per load (target: rha at least 70% of
 qemu-nbd). Installs nothing: it names what is missing and stops.
 
     python3 benches/nbd.py [--rha target/release/rha] [--work DIR] [--size-mib 1024]
-                           [--loads seq,random] [--appliance-data DIR]
+                           [--loads seq,random] [--appliance-data DIR] [--fsync interval]
 """
 
 import argparse
@@ -132,6 +132,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="each load runs this many times per side; the best counts")
     ap.add_argument("--loads", default="seq,random",
                     help="comma-separated loads to run (seq, random); the verdict needs both")
+    ap.add_argument("--fsync", default="interval", choices=["interval", "never", "always"],
+                    help="the scenario's journal fsync policy (default interval, as the README recommends)")
     ap.add_argument("--appliance-data", default=None,
                     help="the appliance's data directory (default: inside --work); e.g. a tmpfs, "
                          "to see how much of the figure the appliance's own I/O costs")
@@ -198,7 +200,7 @@ path = "{img}"
 [journal]
 directory = "journal"
 max_size_mb = 4096
-fsync = "interval"
+fsync = "{args.fsync}"
 fsync_interval_ms = 100
 
 [capture]
@@ -281,6 +283,7 @@ memory_mb = 512
                    "replica_equals_master": same, "rha": args.rha})
     if args.appliance_data:
         report["appliance_data"] = args.appliance_data
+    report["journal_fsync"] = args.fsync
     print(json.dumps(report, indent=2))
     if set(loads) != {"seq", "random"}:
         print("target: not judged (run both loads for the verdict)")
