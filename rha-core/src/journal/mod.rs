@@ -12,7 +12,8 @@
 //!                                                                     (rotate A/B at most once
 //!                                                                      per changelog_rotation;
 //!                                                                      then, outside the lock:
-//!                                                                      state file, delete segments)
+//!                                                                      state file when needed,
+//!                                                                      delete segments)
 //! ```
 //!
 //! Directory layout: `{first_seq:020}.seg` segment files ([`segment`]),
@@ -1190,9 +1191,13 @@ impl Journal {
     }
 
     /// Records that the replica has durably applied every record with seq
-    /// ≤ `upto`: persists it, deletes segments holding only such records,
-    /// and rotates the change log when `upto` reaches its boundary (unless a
-    /// resync is pending). Acknowledging less than before is a no-op.
+    /// ≤ `upto`: deletes segments holding only such records (except the
+    /// active one), and rotates the change log when `upto` reaches its
+    /// boundary (unless a resync is pending). The state file records it at
+    /// once when segments are deleted, a flag changes or the change log
+    /// rotates, otherwise within [`ACK_PERSIST_EVERY`] or at close; after a
+    /// crash the journal may believe less acknowledged, and then keeps those
+    /// records. Acknowledging less than before is a no-op.
     pub fn acknowledge(&self, upto: Seq) -> Result<(), JournalError> {
         self.acknowledge_as(upto, false)
     }
