@@ -217,8 +217,7 @@ fn sync_dirty_bitmap_of_a_running_qemu_over_qmp() {
     let qmp_sock = dir.path().join("qmp.sock");
     let vm = qemu_support::Vm::start(&img, &qmp_sock);
     let hmp = |line: &str| {
-        qemu_support::qmp(
-            &qmp_sock,
+        vm.qmp(
             "human-monitor-command",
             serde_json::json!({ "command-line": line }),
         )
@@ -227,17 +226,7 @@ fn sync_dirty_bitmap_of_a_running_qemu_over_qmp() {
     hmp("qemu-io disk0 \"write -P 0x6b 9M 128k\"");
     // QEMU's own NBD server exports the disk with the bitmap.
     let nbd_sock = dir.path().join("vm-nbd.sock");
-    qemu_support::qmp(
-        &qmp_sock,
-        "nbd-server-start",
-        serde_json::json!({ "addr": { "type": "unix", "data": { "path": nbd_sock } } }),
-    );
-    qemu_support::qmp(
-        &qmp_sock,
-        "block-export-add",
-        serde_json::json!({ "type": "nbd", "id": "e0", "node-name": "disk0",
-                            "name": "disk", "bitmaps": ["b0"], "writable": true }),
-    );
+    vm.export_with_bitmap(&nbd_sock, "e0", "b0");
     let src = format!("nbd+unix:///disk?socket={}", nbd_sock.display());
     let out = rha_sync(&[
         "--dirty-bitmap",
@@ -256,11 +245,10 @@ fn sync_dirty_bitmap_of_a_running_qemu_over_qmp() {
     assert_eq!(report["bitmap_cleared"], true, "{report}");
     // The export is gone, b0 is empty, its helper bitmap removed.
     assert_eq!(
-        qemu_support::qmp(&qmp_sock, "query-block-exports", serde_json::json!({})),
+        vm.qmp("query-block-exports", serde_json::json!({})),
         serde_json::json!([])
     );
-    let nodes = qemu_support::qmp(
-        &qmp_sock,
+    let nodes = vm.qmp(
         "query-named-block-nodes",
         serde_json::json!({ "flat": true }),
     );

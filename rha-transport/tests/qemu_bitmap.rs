@@ -430,19 +430,15 @@ fn tcp_export_then_reset_over_qmp() {
     }
     let qmp = dir.path().join("qmp.sock");
     let vm = Vm::start(&img, &qmp);
-    let wrong = BitmapReset::Qmp {
+    let over_qmp = |node: &str, export: Option<&str>| BitmapReset::Qmp {
         socket: qmp.clone(),
-        node: "no-such-node".into(),
-        export: None,
+        node: node.into(),
+        export: export.map(Into::into),
     };
-    let err = wrong.reset(&proof).unwrap_err();
+    let err = over_qmp("no-such-node", None).reset(&proof).unwrap_err();
     assert!(matches!(err, ResetError::NoSuchNode { .. }), "{err:?}");
     assert!(err.to_string().contains("disk0"), "{err}");
-    let reset = BitmapReset::Qmp {
-        socket: qmp.clone(),
-        node: "disk0".into(),
-        export: None,
-    };
+    let reset = over_qmp("disk0", None);
     let err = reset.begin("nope").unwrap_err();
     assert!(matches!(err, ResetError::NoSuchBitmap { .. }), "{err:?}");
     // Without begin nothing records the writes of a running VM meanwhile:
@@ -460,26 +456,12 @@ fn tcp_export_then_reset_over_qmp() {
     );
     // While QEMU's NBD server exports the bitmap it is busy: the reset
     // says so and changes nothing; after block-export-del it goes through.
-    let nbd_sock = dir.path().join("vm-nbd.sock");
-    vm.qmp(
-        "nbd-server-start",
-        serde_json::json!({ "addr": { "type": "unix", "data": { "path": nbd_sock } } }),
-    );
-    vm.qmp(
-        "block-export-add",
-        serde_json::json!({ "type": "nbd", "id": "e0", "node-name": "disk0",
-                            "name": "disk", "bitmaps": ["b0"], "writable": true }),
-    );
+    vm.export_with_bitmap(&dir.path().join("vm-nbd.sock"), "e0", "b0");
     let err = reset.reset(&proof).unwrap_err();
     assert!(matches!(err, ResetError::BitmapBusy { .. }), "{err:?}");
     assert!(err.to_string().contains("block-export-del"), "{err}");
     // Named, the export is removed by the reset itself.
-    let reset = BitmapReset::Qmp {
-        socket: qmp.clone(),
-        node: "disk0".into(),
-        export: Some("e0".into()),
-    };
-    reset.reset(&proof).unwrap();
+    over_qmp("disk0", Some("e0")).reset(&proof).unwrap();
     let exports = vm.qmp("query-block-exports", serde_json::json!({}));
     assert_eq!(exports, serde_json::json!([]), "the export is gone");
     vm.quit();

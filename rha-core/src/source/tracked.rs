@@ -86,9 +86,7 @@ impl TrackedSet {
     /// with [`SourceError::Mismatch`], and the set is dropped unclosed (the
     /// next open resyncs the marked regions).
     pub fn close(self) -> Result<(), SourceError> {
-        for v in &self.volumes {
-            v.flush()?;
-        }
+        self.flush_volumes()?;
         let dir = self.dir.display().to_string();
         match Arc::try_unwrap(self.journal) {
             Ok(journal) => Ok(journal.close()?),
@@ -97,18 +95,21 @@ impl TrackedSet {
             ))),
         }
     }
-}
 
-impl TrackedSet {
     /// [`TrackedSet::close`] while clones of its volumes may still exist (an
     /// NBD server's exports), once nothing writes through them any more:
     /// flushes the volumes, syncs the journal and records a clean shutdown
     /// ([`Journal::close_shared`]); a later write through a clone fails.
     pub fn close_shared(&self) -> Result<(), SourceError> {
+        self.flush_volumes()?;
+        Ok(self.journal.close_shared()?)
+    }
+
+    fn flush_volumes(&self) -> Result<(), SourceError> {
         for v in &self.volumes {
             v.flush()?;
         }
-        Ok(self.journal.close_shared()?)
+        Ok(())
     }
 }
 

@@ -81,6 +81,18 @@ pub enum BitmapReset {
 /// [`BitmapReset::begin`] adds on a running QEMU.
 pub const DURING_SUFFIX: &str = "-rha-during-sync";
 
+/// The name of the bitmap that [`BitmapReset::begin`] adds beside `bitmap`.
+fn during_name(bitmap: &str) -> String {
+    format!("{bitmap}{DURING_SUFFIX}")
+}
+
+/// The entry of `bitmaps` (as `query-named-block-nodes` lists a node's) named `name`.
+fn named<'a>(bitmaps: &'a [Value], name: &str) -> Option<&'a Value> {
+    bitmaps
+        .iter()
+        .find(|b| b.get("name").and_then(Value::as_str) == Some(name))
+}
+
 impl BitmapReset {
     /// Prepares the reset, before the bitmap `bitmap` is walked. On a
     /// running QEMU this adds the persistent bitmap `bitmap` +
@@ -94,20 +106,15 @@ impl BitmapReset {
         };
         let mut qmp = Qmp::connect(socket)?;
         let bitmaps = qmp.bitmaps(node)?;
-        let during = format!("{bitmap}{DURING_SUFFIX}");
-        let granularity = bitmaps
-            .iter()
-            .find(|b| b.get("name").and_then(Value::as_str) == Some(bitmap))
+        let during = during_name(bitmap);
+        let granularity = named(&bitmaps, bitmap)
             .and_then(|b| b.get("granularity").and_then(Value::as_u64))
             .ok_or_else(|| ResetError::NoSuchBitmap {
                 socket: socket.clone(),
                 node: node.clone(),
                 bitmap: bitmap.to_string(),
             })?;
-        if bitmaps
-            .iter()
-            .any(|b| b.get("name").and_then(Value::as_str) == Some(&during))
-        {
+        if named(&bitmaps, &during).is_some() {
             return Ok(());
         }
         qmp.execute(
@@ -134,12 +141,8 @@ impl BitmapReset {
                 if let Some(id) = export {
                     qmp.remove_export(id, node, &proof.bitmap)?;
                 }
-                let during = format!("{}{DURING_SUFFIX}", proof.bitmap);
-                let begun = qmp
-                    .bitmaps(node)?
-                    .iter()
-                    .any(|b| b.get("name").and_then(Value::as_str) == Some(&during));
-                if !begun {
+                let during = during_name(&proof.bitmap);
+                if named(&qmp.bitmaps(node)?, &during).is_none() {
                     return Err(ResetError::NotBegun {
                         bitmap: proof.bitmap.clone(),
                         during,
@@ -292,10 +295,8 @@ impl Qmp {
         }
         let started = Instant::now();
         loop {
-            let busy = self.bitmaps(node)?.iter().any(|b| {
-                b.get("name").and_then(Value::as_str) == Some(bitmap)
-                    && b.get("busy").and_then(Value::as_bool) == Some(true)
-            });
+            let busy = named(&self.bitmaps(node)?, bitmap)
+                .is_some_and(|b| b.get("busy").and_then(Value::as_bool) == Some(true));
             if !busy {
                 return Ok(());
             }

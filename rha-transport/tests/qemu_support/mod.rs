@@ -88,14 +88,24 @@ impl Vm {
         qmp(&self.qmp, command, arguments)
     }
 
+    /// Starts QEMU's own NBD server on unix socket `sock` and exports
+    /// `disk0` as `disk`, writable, with `bitmap` (QEMU refuses an enabled
+    /// bitmap on a read-only export), under export id `id`.
+    pub fn export_with_bitmap(&self, sock: &Path, id: &str, bitmap: &str) {
+        self.qmp(
+            "nbd-server-start",
+            serde_json::json!({ "addr": { "type": "unix", "data": { "path": sock } } }),
+        );
+        self.qmp(
+            "block-export-add",
+            serde_json::json!({ "type": "nbd", "id": id, "node-name": "disk0",
+                                "name": "disk", "bitmaps": [bitmap], "writable": true }),
+        );
+    }
+
     /// `quit` over QMP (the bitmap is stored in the qcow2 on the way out).
     pub fn quit(mut self) {
-        let mut s = std::os::unix::net::UnixStream::connect(&self.qmp).unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        s.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n")
-            .unwrap();
+        self.qmp("quit", serde_json::json!({}));
         let status = self.child.wait().unwrap();
         assert!(status.success(), "qemu exited with {status}");
     }
