@@ -223,7 +223,7 @@ fn data(seq: u64, offset: u64, byte: u8, len: usize) -> Record {
         seq,
         volume: 0,
         offset,
-        payload: Payload::Data(vec![byte; len]),
+        payload: Payload::Data(vec![byte; len].into()),
     }
 }
 
@@ -262,7 +262,7 @@ fn a_batch_cut_short_by_a_crash_is_finished_when_the_replica_is_reopened() {
             seq: 1,
             volume: 0,
             offset: 2 * MIB,
-            payload: Payload::Data(vec![0x11; MIB as usize]),
+            payload: Payload::Data(vec![0x11; MIB as usize].into()),
         }])
         .unwrap();
         let mut plan = vec![Fault::Pass; k];

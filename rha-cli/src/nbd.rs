@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Bound of the journal in MiB (past it, writes are only marked in the change log).
     #[arg(long, default_value_t = 1024)]
     journal_max_mb: u64,
+    /// With --fsync interval or never: MiB of the newest unacknowledged
+    /// records kept only in memory (0: every record goes to the journal's files).
+    #[arg(long, default_value_t = 64)]
+    journal_memory_mb: u64,
     /// Serve read-only.
     #[arg(long)]
     read_only: bool,
@@ -127,6 +131,7 @@ fn serve(args: ServeArgs, auth: &Auth) -> Result<ExitCode> {
             }
             Fsync::Never => FsyncPolicy::Never,
         },
+        memory_bytes: args.journal_memory_mb.saturating_mul(1 << 20),
         ..JournalConfig::default()
     };
     let (set, recovery) = TrackedSet::open(&journal_dir, config, vec![volume], Events::new())

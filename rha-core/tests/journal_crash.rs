@@ -159,7 +159,7 @@ fn kill_9_loses_no_returned_record() {
                 .unwrap_or_else(|| panic!("round {round}: returned seq {seq} is missing"));
             let (offset, data) = write_for(r, counter);
             assert_eq!(rec.offset, offset, "seq {seq}");
-            assert_eq!(rec.payload, Payload::Data(data), "seq {seq}");
+            assert_eq!(rec.payload, Payload::Data(data.into()), "seq {seq}");
         }
         let last = expected.last().map_or(0, |e| e.0);
         assert!(journal.last_seq() >= last);

@@ -26,7 +26,7 @@ fn batch_records(n: u64) -> Vec<Record> {
             seq: (n - 1) * REGIONS + i + 1,
             volume: 0,
             offset: i * REGION,
-            payload: Payload::Data(vec![(n % 251) as u8 + 1; WRITE]),
+            payload: Payload::Data(vec![(n % 251) as u8 + 1; WRITE].into()),
         })
         .collect()
 }

@@ -121,6 +121,46 @@ enum Waiter {
     Blocking(std::sync::mpsc::SyncSender<Message>),
 }
 
+/// A request sent by [`Link::send_request_blocking`] whose answer has not
+/// been taken yet. Dropping it forgets the answer.
+#[derive(Debug)]
+pub struct PendingAnswer {
+    link: Link,
+    req: u64,
+    rx: std::sync::mpsc::Receiver<Message>,
+}
+
+impl PendingAnswer {
+    /// The request's id.
+    pub fn req(&self) -> u64 {
+        self.req
+    }
+
+    /// Waits up to `timeout` for the answer to the request (`what`, for
+    /// messages); an [`Message::Error`] answer becomes [`LinkError::Remote`].
+    pub fn wait(self, what: &'static str, timeout: Duration) -> Result<Message, LinkError> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(answer) => self.link.check_answer(what, answer),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(self.link.closed_error()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                self.link.lock_pending().remove(&self.req);
+                Err(LinkError::Timeout {
+                    peer: self.link.inner.peer.name.clone(),
+                    what,
+                    seconds: timeout.as_secs(),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for PendingAnswer {
+    fn drop(&mut self) {
+        // An answer not waited for must not keep its slot.
+        self.link.lock_pending().remove(&self.req);
+    }
+}
+
 struct Inner {
     out: mpsc::Sender<Outgoing>,
     max_frame: usize,
@@ -440,6 +480,17 @@ impl Link {
         timeout: Duration,
         build: impl FnOnce(u64) -> Message,
     ) -> Result<Message, LinkError> {
+        self.send_request_blocking(build)?.wait(what, timeout)
+    }
+
+    /// Sends a request from a thread outside the runtime without waiting
+    /// for its answer, so that several can be in flight: the answer is
+    /// taken with [`PendingAnswer::wait`] (answers may be waited for in any
+    /// order; the peer handles requests in the order sent).
+    pub fn send_request_blocking(
+        &self,
+        build: impl FnOnce(u64) -> Message,
+    ) -> Result<PendingAnswer, LinkError> {
         let req = self.next_req();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.lock_pending().insert(req, Waiter::Blocking(tx));
@@ -447,18 +498,11 @@ impl Link {
             self.lock_pending().remove(&req);
             return Err(e);
         }
-        match rx.recv_timeout(timeout) {
-            Ok(answer) => self.check_answer(what, answer),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(self.closed_error()),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                self.lock_pending().remove(&req);
-                Err(LinkError::Timeout {
-                    peer: self.inner.peer.name.clone(),
-                    what,
-                    seconds: timeout.as_secs(),
-                })
-            }
-        }
+        Ok(PendingAnswer {
+            link: self.clone(),
+            req,
+            rx,
+        })
     }
 
     fn check_answer(&self, _what: &'static str, answer: Message) -> Result<Message, LinkError> {

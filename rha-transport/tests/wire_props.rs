@@ -142,7 +142,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 
 fn record() -> impl Strategy<Value = Record> {
     let payload = prop_oneof![
-        data().prop_map(Payload::Data),
+        data().prop_map(|d| Payload::Data(d.into())),
         any::<u64>().prop_map(Payload::Zero)
     ];
     (any::<u64>(), any::<u32>(), any::<u64>(), payload).prop_map(
@@ -782,7 +782,7 @@ fn seeds() -> Vec<(&'static str, Compression, Vec<Message>)> {
                 seq: 41,
                 volume: 0,
                 offset: 8192,
-                payload: Payload::Data(vec![0xab; 16]),
+                payload: Payload::Data(vec![0xab; 16].into()),
             },
             Record {
                 seq: 42,
@@ -933,7 +933,7 @@ fn seeds() -> Vec<(&'static str, Compression, Vec<Message>)> {
                     seq: 43,
                     volume: 0,
                     offset: 0,
-                    payload: Payload::Data(pattern.clone()),
+                    payload: Payload::Data(pattern.clone().into()),
                 }],
             }],
         ),

@@ -10,7 +10,7 @@ fn data(seq: u64, volume: VolumeId, offset: u64, byte: u8, len: usize) -> Record
         seq,
         volume,
         offset,
-        payload: Payload::Data(vec![byte; len]),
+        payload: Payload::Data(vec![byte; len].into()),
     }
 }
 

@@ -65,6 +65,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 pub use record::{decode_record, encode_record, RecordError, MAX_DATA_BYTES};
 
 use changelog::ChangeLog;
@@ -77,8 +79,9 @@ use crate::{Seq, VolumeId};
 /// What a record does to its volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
-    /// Write these bytes at the record's offset.
-    Data(Vec<u8>),
+    /// Write these bytes at the record's offset (shared, not copied, as
+    /// the record moves from the writer through the journal to the wire).
+    Data(Bytes),
     /// Zero this many bytes at the record's offset (a trim or zero write).
     Zero(u64),
 }
@@ -160,6 +163,20 @@ pub struct JournalConfig {
     /// acknowledgement that reaches the boundary (the least to resync, the
     /// most change-log I/O).
     pub changelog_rotation: Duration,
+    /// Under [`FsyncPolicy::Interval`] and [`FsyncPolicy::Never`]: the
+    /// newest unacknowledged records, up to this many bytes, are kept only
+    /// in memory and reach a segment file only when the replica falls this
+    /// far behind, on [`Journal::sync`] or at [`Journal::close`]. A replica
+    /// that keeps up then costs the master no journal I/O at all (each
+    /// write is copied once into memory instead of written to, synced and
+    /// read back from a segment). The change log still marks every write
+    /// durably before [`Journal::append`] returns, so an unclean end (a
+    /// crash, `kill -9`) loses only records the dirty-region resync covers:
+    /// the next [`Journal::open`] sets `needs_resync`, as it does after a
+    /// crash and a reboot without [`FsyncPolicy::Always`]. 0 (the default
+    /// of [`JournalConfig::default`]) keeps every record in a segment.
+    /// Ignored under [`FsyncPolicy::Always`].
+    pub memory_bytes: u64,
 }
 
 impl From<&crate::scenario::JournalSettings> for JournalConfig {
@@ -173,6 +190,7 @@ impl From<&crate::scenario::JournalSettings> for JournalConfig {
                 F::Interval => FsyncPolicy::Interval(Duration::from_millis(s.fsync_interval_ms)),
                 F::Never => FsyncPolicy::Never,
             },
+            memory_bytes: s.memory_mb.saturating_mul(1 << 20),
             ..JournalConfig::default()
         }
     }
@@ -185,6 +203,13 @@ pub const DEFAULT_REGION_BYTES: u64 = 1 << 20;
 /// nothing waits before the state file records it (each persist costs two
 /// fdatasyncs; replication acknowledges every batch).
 pub const ACK_PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+/// Seqs reserved in the state file at a time while records are kept in
+/// memory ([`JournalConfig::memory_bytes`]): records lost with the process
+/// never had their seqs on disk, and the next session must not hand them
+/// out again (a replica may have applied them). One state-file write per
+/// this many records; a restart after a crash skips at most this many seqs.
+pub const SEQ_RESERVE: u64 = 1 << 20;
 
 /// Default [`JournalConfig::changelog_rotation`]: 5 seconds.
 pub const DEFAULT_CHANGELOG_ROTATION: Duration = Duration::from_secs(5);
@@ -210,6 +235,7 @@ impl Default for JournalConfig {
             fsync: FsyncPolicy::Always,
             region_bytes: DEFAULT_REGION_BYTES,
             changelog_rotation: DEFAULT_CHANGELOG_ROTATION,
+            memory_bytes: 0,
         }
     }
 }
@@ -397,6 +423,41 @@ pub struct Journal {
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Serialises state-file writes (see [`StateWriter`]).
     writer: Arc<StateWriter>,
+    /// Records are kept in memory first ([`JournalConfig::memory_bytes`]).
+    memory: bool,
+}
+
+/// A record held only in memory ([`JournalConfig::memory_bytes`]).
+#[derive(Debug, Clone)]
+struct MemRecord {
+    seq: Seq,
+    volume: VolumeId,
+    offset: u64,
+    payload: MemPayload,
+}
+
+/// The payload of a [`MemRecord`]: shared with the writer's buffer and
+/// with every read of it, never copied.
+#[derive(Debug, Clone)]
+enum MemPayload {
+    Data(Bytes),
+    Zero(u64),
+}
+
+impl MemPayload {
+    fn as_ref(&self) -> PayloadRef<'_> {
+        match self {
+            MemPayload::Data(d) => PayloadRef::Data(d),
+            MemPayload::Zero(n) => PayloadRef::Zero(*n),
+        }
+    }
+
+    fn to_payload(&self) -> Payload {
+        match self {
+            MemPayload::Data(d) => Payload::Data(d.clone()),
+            MemPayload::Zero(n) => Payload::Zero(*n),
+        }
+    }
 }
 
 /// Group commit of the segment files: one fdatasync at a time, run without
@@ -527,6 +588,7 @@ impl std::fmt::Debug for Journal {
             .field("acknowledged", &inner.state.acknowledged)
             .field("bytes", &inner.unacked_bytes)
             .field("segments", &inner.segments.len())
+            .field("in_memory", &inner.mem.len())
             .field("needs_resync", &inner.state.needs_resync)
             .field("changelog", &inner.changelog)
             .finish_non_exhaustive()
@@ -545,8 +607,17 @@ struct Inner {
     unsynced: Vec<(Arc<File>, PathBuf)>,
     /// Segment files were created or deleted since the directory was fsync'ed.
     dir_dirty: bool,
-    /// The last seq handed out to a record (written to a segment).
+    /// The last seq handed out to a record (written to a segment, or held
+    /// in `mem`).
     written: Seq,
+    /// The newest unacknowledged records, not in any segment: seqs follow
+    /// on from the last segment's without a gap ([`JournalConfig::memory_bytes`]).
+    mem: VecDeque<MemRecord>,
+    /// Encoded bytes of the records in `mem`.
+    mem_bytes: u64,
+    /// Every seq up to this one may have been handed out: the state file's
+    /// seq floor is at least this ([`SEQ_RESERVE`]).
+    reserved: Seq,
     /// The last seq readers may see: `last_seq`, except under
     /// [`FsyncPolicy::Always`] where a record becomes visible once synced.
     visible: Seq,
@@ -811,9 +882,20 @@ impl Journal {
                 );
             }
         }
+        if let Some(p) = &previous {
+            if !p.clean_shutdown && p.memory_records && !st.needs_resync {
+                st.needs_resync = true;
+                warn(
+                    &mut warnings,
+                    &dir,
+                    "the previous session kept its newest records only in memory (memory_bytes) and did not close the journal: they are lost; the dirty regions need a resync".into(),
+                );
+            }
+        }
         st.seq_floor = last_seq;
         st.clean_shutdown = false;
         st.fsync_always = config.fsync == FsyncPolicy::Always;
+        st.memory_records = config.memory_bytes > 0 && !st.fsync_always;
         st.boot_id = boot_id;
         state::write_state(&dir, &st)?;
         for repair in &repairs {
@@ -856,6 +938,9 @@ impl Journal {
             unsynced: Vec::new(),
             dir_dirty: false,
             written: last_seq,
+            mem: VecDeque::new(),
+            mem_bytes: 0,
+            reserved: last_seq,
             visible: last_seq,
             state: st,
             changelog,
@@ -880,6 +965,7 @@ impl Journal {
             needs_resync: inner.state.needs_resync,
             warnings,
         };
+        let memory = inner.memory_mode();
         let interval = match inner.config.fsync {
             FsyncPolicy::Interval(d) => Some(d),
             _ => None,
@@ -897,6 +983,7 @@ impl Journal {
             }),
             flusher: Mutex::new(None),
             writer,
+            memory,
         };
         if let Some(every) = interval {
             let (inner, commit) = (journal.inner.clone(), journal.commit.clone());
@@ -941,13 +1028,21 @@ impl Journal {
         offset: u64,
         data: &[u8],
     ) -> Result<Appended, JournalError> {
-        if data.len() > MAX_DATA_BYTES {
-            return Err(JournalError::TooLarge {
-                len: data.len() as u64,
-                max: MAX_DATA_BYTES as u64,
-            });
-        }
-        self.append_payload(volume, offset, PayloadRef::Data(data))
+        check_record_len(data.len())?;
+        self.append_payload(volume, offset, PayloadRef::Data(data), None)
+    }
+
+    /// [`Journal::append`] of a buffer the journal may keep: a record held
+    /// in memory ([`JournalConfig::memory_bytes`]) shares it instead of
+    /// copying it, and so does every read of that record.
+    pub fn append_bytes(
+        &self,
+        volume: VolumeId,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<Appended, JournalError> {
+        check_record_len(data.len())?;
+        self.append_payload(volume, offset, PayloadRef::Data(&data), Some(&data))
     }
 
     /// Journals zeroing `len` bytes at `offset` on `volume` (as [`Journal::append`]).
@@ -957,20 +1052,29 @@ impl Journal {
         offset: u64,
         len: u64,
     ) -> Result<Appended, JournalError> {
-        self.append_payload(volume, offset, PayloadRef::Zero(len))
+        self.append_payload(volume, offset, PayloadRef::Zero(len), None)
     }
 
     /// Marks the write's regions, makes new marks durable without holding
     /// the lock (group commit), then appends the record under the same lock
     /// as a final check that its regions are still marked (a rotation in
     /// between may have dropped them: then they are marked again).
+    /// `shared` is the data of `payload` as a buffer the journal may keep.
     fn append_payload(
         &self,
         volume: VolumeId,
         offset: u64,
         payload: PayloadRef<'_>,
+        shared: Option<&Bytes>,
     ) -> Result<Appended, JournalError> {
         let len = payload.len();
+        // A copy, if one is needed, is made before taking the lock, so
+        // appenders do not wait for it.
+        let owned = self.memory.then(|| match (payload, shared) {
+            (PayloadRef::Data(_), Some(b)) => MemPayload::Data(b.clone()),
+            (PayloadRef::Data(d), None) => MemPayload::Data(Bytes::copy_from_slice(d)),
+            (PayloadRef::Zero(n), _) => MemPayload::Zero(n),
+        });
         loop {
             let mut inner = self.lock();
             inner.check_failed()?;
@@ -983,7 +1087,10 @@ impl Journal {
             // The change log first: it must cover the write whatever happens next.
             match inner.changelog.mark(volume, offset, len)? {
                 None => {
-                    let appended = inner.append(volume, offset, payload)?;
+                    let appended = match &owned {
+                        Some(mem) => inner.append_mem(volume, offset, mem.clone())?,
+                        None => inner.append(volume, offset, payload)?,
+                    };
                     let always = inner.config.fsync == FsyncPolicy::Always;
                     drop(inner);
                     if let (Appended::Logged(seq), true) = (appended, always) {
@@ -1062,11 +1169,14 @@ impl Journal {
     }
 
     /// Forces every appended record to stable storage (waiting for a sync
-    /// in flight, or running one outside the journal's lock).
+    /// in flight, or running one outside the journal's lock); records held
+    /// in memory ([`JournalConfig::memory_bytes`]) are written to the
+    /// segments first.
     pub fn sync(&self) -> Result<(), JournalError> {
         let target = {
-            let inner = self.lock();
+            let mut inner = self.lock();
             inner.check_failed()?;
+            inner.spill_all()?;
             inner.written
         };
         commit(&self.inner, &self.commit, target)
@@ -1097,6 +1207,20 @@ impl Journal {
                 return Ok(Vec::new());
             }
             let wanted = after + 1;
+            if inner.mem.front().is_some_and(|r| r.seq <= wanted) {
+                let held = inner.mem_after(wanted, max_bytes);
+                drop(inner);
+                // The copies are made without the lock.
+                return Ok(held
+                    .into_iter()
+                    .map(|r| Record {
+                        seq: r.seq,
+                        volume: r.volume,
+                        offset: r.offset,
+                        payload: r.payload.to_payload(),
+                    })
+                    .collect());
+            }
             // The first record at or after `wanted` must be `wanted` itself.
             let next = inner
                 .segments
@@ -1104,6 +1228,7 @@ impl Journal {
                 .filter(|s| s.last_seq().is_some_and(|l| l >= wanted))
                 .map(|s| s.first_seq.max(wanted))
                 .next()
+                .or_else(|| inner.mem.front().map(|r| r.seq))
                 .unwrap_or(visible + 1);
             if next != wanted {
                 return Err(JournalError::Gap {
@@ -1320,11 +1445,12 @@ impl Journal {
         let written = {
             let mut inner = self.lock();
             inner.check_failed()?;
-            if inner.closed {
+            if inner.closed && inner.state.clean_shutdown {
                 return Ok(());
             }
             // From here on no append slips in before the clean shutdown is recorded.
             inner.closed = true;
+            inner.spill_all()?;
             inner.written
         };
         // Waits for a sync another thread has in flight, then syncs the
@@ -1332,6 +1458,9 @@ impl Journal {
         commit(&self.inner, &self.commit, written)?;
         let mut inner = self.lock();
         inner.state.clean_shutdown = true;
+        // Every seq handed out is in a segment now: the next session goes
+        // on from the last one, not from the reservation.
+        inner.reserved = inner.written;
         inner.persist_state()
     }
 }
@@ -1342,6 +1471,17 @@ impl Drop for Journal {
     fn drop(&mut self) {
         self.stop_flusher();
     }
+}
+
+/// Refuses a record larger than [`MAX_DATA_BYTES`].
+fn check_record_len(len: usize) -> Result<(), JournalError> {
+    if len > MAX_DATA_BYTES {
+        return Err(JournalError::TooLarge {
+            len: len as u64,
+            max: MAX_DATA_BYTES as u64,
+        });
+    }
+    Ok(())
 }
 
 /// Returns once every record up to `target` is durable: waits for the sync
@@ -1415,7 +1555,12 @@ fn flush_every(inner: &Mutex<Inner>, state: &Commit, every: Duration) {
 impl Inner {
     fn recount(&mut self) {
         let acked = self.state.acknowledged;
-        self.unacked_bytes = self.segments.iter().map(|s| s.bytes_after(acked)).sum();
+        self.unacked_bytes = self
+            .segments
+            .iter()
+            .map(|s| s.bytes_after(acked))
+            .sum::<u64>()
+            + self.mem_bytes;
     }
 
     fn check_failed(&self) -> Result<(), JournalError> {
@@ -1437,24 +1582,118 @@ impl Inner {
 
     /// A new version of the state, to persist (in version order) with [`StateWriter`].
     fn state_snapshot(&mut self) -> (u64, State) {
-        self.state.seq_floor = self.written;
+        self.state.seq_floor = self.written.max(self.reserved);
         self.state_version += 1;
         (self.state_version, self.state.clone())
     }
 
+    /// Whether records are kept in memory first ([`JournalConfig::memory_bytes`]).
+    fn memory_mode(&self) -> bool {
+        self.config.memory_bytes > 0 && self.config.fsync != FsyncPolicy::Always
+    }
+
+    /// Appends a record to the active segment (the caller checked the
+    /// range and made its marks durable).
     fn append(
         &mut self,
         volume: VolumeId,
         offset: u64,
         payload: PayloadRef<'_>,
     ) -> Result<Appended, JournalError> {
-        // The caller checked the range and made its marks durable.
         let seq = self.written + 1;
         let rec_len = payload.encoded_len() as u64;
         if self.unacked_bytes + rec_len > self.config.max_bytes {
             self.overflow(rec_len)?;
             return Ok(Appended::Overflowed);
         }
+        self.write_record(seq, volume, offset, payload)?;
+        self.written = seq;
+        if self.config.fsync != FsyncPolicy::Always {
+            self.visible = seq;
+        }
+        self.unacked_bytes += rec_len;
+        Ok(Appended::Logged(seq))
+    }
+
+    /// Appends a record to `mem` (the caller checked the range and made its
+    /// marks durable), first spilling the oldest records held there to the
+    /// active segment until it fits in [`JournalConfig::memory_bytes`]. A
+    /// record larger than that goes straight to the segment.
+    fn append_mem(
+        &mut self,
+        volume: VolumeId,
+        offset: u64,
+        payload: MemPayload,
+    ) -> Result<Appended, JournalError> {
+        let seq = self.written + 1;
+        let rec_len = payload.as_ref().encoded_len() as u64;
+        if self.unacked_bytes + rec_len > self.config.max_bytes {
+            self.overflow(rec_len)?;
+            return Ok(Appended::Overflowed);
+        }
+        if seq > self.reserved {
+            // Durable before the seq is handed out: a crash now must not
+            // let the next session reuse it.
+            self.reserved = seq.saturating_add(SEQ_RESERVE);
+            self.persist_state()?;
+        }
+        while self.mem_bytes + rec_len > self.config.memory_bytes && !self.mem.is_empty() {
+            self.spill_one()?;
+        }
+        if rec_len > self.config.memory_bytes {
+            self.write_record(seq, volume, offset, payload.as_ref())?;
+        } else {
+            self.mem.push_back(MemRecord {
+                seq,
+                volume,
+                offset,
+                payload,
+            });
+            self.mem_bytes += rec_len;
+        }
+        self.written = seq;
+        self.visible = seq;
+        self.unacked_bytes += rec_len;
+        Ok(Appended::Logged(seq))
+    }
+
+    /// Moves the oldest record held in memory to the active segment.
+    fn spill_one(&mut self) -> Result<(), JournalError> {
+        let Some(rec) = self.mem.pop_front() else {
+            return Ok(());
+        };
+        if let Err(e) = self.write_record(rec.seq, rec.volume, rec.offset, rec.payload.as_ref()) {
+            self.mem.push_front(rec);
+            return Err(e);
+        }
+        self.mem_bytes -= rec.payload.as_ref().encoded_len() as u64;
+        Ok(())
+    }
+
+    /// Moves every record held in memory to the segments (for a sync or a close).
+    fn spill_all(&mut self) -> Result<(), JournalError> {
+        while !self.mem.is_empty() {
+            self.spill_one()?;
+        }
+        Ok(())
+    }
+
+    /// The last seq whose record is in a segment file (or was discarded):
+    /// records after it are held in memory.
+    fn disk_last(&self) -> Seq {
+        self.mem.front().map_or(self.written, |r| r.seq - 1)
+    }
+
+    /// Writes record `seq` at the end of the active segment (a new one if
+    /// needed), without fdatasync, and indexes it.
+    fn write_record(
+        &mut self,
+        seq: Seq,
+        volume: VolumeId,
+        offset: u64,
+        payload: PayloadRef<'_>,
+    ) -> Result<(), JournalError> {
+        let rec_len = payload.encoded_len() as u64;
         self.ensure_segment(seq, rec_len)?;
         self.buf.clear();
         record::encode_parts(seq, volume, offset, payload, &mut self.buf);
@@ -1491,12 +1730,36 @@ impl Inner {
             seg.offsets.push(start);
             seg.len = start + rec_len;
         }
-        self.written = seq;
-        if self.config.fsync != FsyncPolicy::Always {
-            self.visible = seq;
+        Ok(())
+    }
+
+    /// The records held in memory from seq `wanted` on (which `mem` holds),
+    /// by the rules of [`Journal::read_after`].
+    fn mem_after(&self, wanted: Seq, max_bytes: usize) -> Vec<MemRecord> {
+        let skip = self.mem.front().map_or(0, |r| wanted.saturating_sub(r.seq));
+        let mut out = Vec::new();
+        let mut payload = 0usize;
+        for rec in self
+            .mem
+            .iter()
+            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+        {
+            let cost = match &rec.payload {
+                MemPayload::Data(d) => d.len(),
+                MemPayload::Zero(_) => 0,
+            };
+            if !out.is_empty()
+                && (payload.saturating_add(cost) > max_bytes || out.len() >= MAX_RECORDS_PER_READ)
+            {
+                break;
+            }
+            payload += cost;
+            out.push(rec.clone());
+            if payload >= max_bytes {
+                break;
+            }
         }
-        self.unacked_bytes += rec_len;
-        Ok(Appended::Logged(seq))
+        out
     }
 
     /// Makes sure the last segment can take record `seq` of `rec_len` bytes.
@@ -1559,7 +1822,7 @@ impl Inner {
         SyncBatch {
             files,
             dir,
-            upto: self.written,
+            upto: self.disk_last(),
         }
     }
 
@@ -1595,6 +1858,8 @@ impl Inner {
         self.active = None;
         self.active_dirty = false;
         self.unsynced.clear();
+        self.mem.clear();
+        self.mem_bytes = 0;
         while let Some(seg) = self.segments.pop_front() {
             if let Err(source) = fs::remove_file(&seg.path) {
                 if source.kind() != std::io::ErrorKind::NotFound {
@@ -1659,6 +1924,13 @@ impl Inner {
         // syncs per batch. It goes once a newer segment takes over (it is
         // at most segment_bytes), or at the next open.
         let acked = self.state.acknowledged;
+        while let Some(front) = self.mem.front() {
+            if front.seq > acked {
+                break;
+            }
+            self.mem_bytes -= front.payload.as_ref().encoded_len() as u64;
+            self.mem.pop_front();
+        }
         while let Some(front) = self.segments.front() {
             let done = match front.last_seq() {
                 Some(l) => l <= acked,

@@ -245,7 +245,7 @@ pub fn decode_record(buf: &[u8]) -> Result<Option<(Record, usize)>, RecordError>
     let data_len = (len - RECORD_HEADER_BYTES) as u64;
     let payload = match kind {
         KIND_DATA if payload_len == data_len => {
-            Payload::Data(bytes[RECORD_HEADER_BYTES..].to_vec())
+            Payload::Data(bytes[RECORD_HEADER_BYTES..].to_vec().into())
         }
         KIND_ZERO if data_len == 0 => Payload::Zero(payload_len),
         KIND_DATA | KIND_ZERO => {
@@ -295,7 +295,7 @@ mod tests {
 
     fn arb_record() -> impl Strategy<Value = Record> {
         let payload = prop_oneof![
-            proptest::collection::vec(any::<u8>(), 0..600).prop_map(Payload::Data),
+            proptest::collection::vec(any::<u8>(), 0..600).prop_map(|d| Payload::Data(d.into())),
             (0u64..u64::MAX / 2).prop_map(Payload::Zero),
         ];
         (any::<u64>(), any::<u32>(), 0u64..u64::MAX / 2, payload).prop_map(

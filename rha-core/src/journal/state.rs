@@ -9,14 +9,19 @@
 //!  28     1    needs_resync (0/1)
 //!  29     1    clean_shutdown (0/1)
 //!  30     1    fsync policy of the session that wrote it was Always (0/1)
-//!  31     1    boot id length (0..=64)
-//!  32     64   boot id bytes, zero padded
+//!  31     1    boot id length (0..=63)
+//!  32     63   boot id bytes, zero padded
+//!  95     1    flags: bit 0 = the session kept records only in memory
 //!  96     4    CRC-32 of bytes 0..96
 //! ```
 //!
 //! The file is only ever replaced atomically (temporary file, fsync, rename,
 //! fsync of the directory), so a CRC
 //! mismatch means outside damage, not a torn write.
+//!
+//! Byte 95 was the last byte of a 64-byte boot id field; boot ids are 36
+//! bytes, so a file written by an older build reads as flags 0, and an
+//! older build reading a newer file ignores the flags.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -32,7 +37,9 @@ pub const STATE_VERSION: u32 = 1;
 /// File name of the state file inside the journal directory.
 pub const STATE_FILE: &str = "state";
 const STATE_BYTES: usize = 100;
-const BOOT_ID_MAX: usize = 64;
+const BOOT_ID_MAX: usize = 63;
+/// Flag bit of byte 95: records were kept only in memory.
+const FLAG_MEMORY_RECORDS: u8 = 1;
 
 /// Contents of the state file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,6 +49,9 @@ pub(crate) struct State {
     pub needs_resync: bool,
     pub clean_shutdown: bool,
     pub fsync_always: bool,
+    /// The session may have held records only in memory
+    /// ([`super::JournalConfig::memory_bytes`]): an unclean end lost them.
+    pub memory_records: bool,
     pub boot_id: Vec<u8>,
 }
 
@@ -58,6 +68,9 @@ impl State {
         let id = &self.boot_id[..self.boot_id.len().min(BOOT_ID_MAX)];
         b[31] = id.len() as u8;
         b[32..32 + id.len()].copy_from_slice(id);
+        if self.memory_records {
+            b[95] |= FLAG_MEMORY_RECORDS;
+        }
         let crc = crc32fast::hash(&b[..96]);
         b[96..100].copy_from_slice(&crc.to_le_bytes());
         b
@@ -98,6 +111,7 @@ impl State {
             needs_resync: b[28] != 0,
             clean_shutdown: b[29] != 0,
             fsync_always: b[30] != 0,
+            memory_records: b[95] & FLAG_MEMORY_RECORDS != 0,
             boot_id: b[32..32 + id_len].to_vec(),
         })
     }
@@ -183,6 +197,7 @@ mod tests {
             needs_resync: true,
             clean_shutdown: false,
             fsync_always: true,
+            memory_records: true,
             boot_id: boot_id(),
         };
         write_state(dir.path(), &s).unwrap();

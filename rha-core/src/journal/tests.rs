@@ -13,6 +13,7 @@ fn cfg() -> JournalConfig {
         region_bytes: 4096,
         // Rotate at every acknowledgement that reaches the boundary.
         changelog_rotation: Duration::ZERO,
+        memory_bytes: 0,
     }
 }
 
@@ -55,7 +56,7 @@ fn round_trip_and_reopen() {
     assert_eq!(logged(j.append(1, 100, &[]).unwrap()), 3);
     let all = j.read_after(0, usize::MAX).unwrap();
     assert_eq!(all.len(), 3);
-    assert_eq!(all[0].payload, Payload::Data(data(1, 100)));
+    assert_eq!(all[0].payload, Payload::Data(data(1, 100).into()));
     assert_eq!(all[1].payload, Payload::Zero(8192));
     assert_eq!((all[1].volume, all[1].offset), (1, 4096));
     assert!(all[2].is_empty());
@@ -483,7 +484,7 @@ fn torn_tail_at_every_offset_drops_only_the_last_record() {
         assert!(!rec.needs_resync, "cut at {cut}");
         let r = j.read_after(0, usize::MAX).unwrap();
         assert_eq!(r.len(), 2);
-        assert_eq!(r[1].payload, Payload::Data(data(1, 50)));
+        assert_eq!(r[1].payload, Payload::Data(data(1, 50).into()));
         assert_eq!(fs::metadata(&seg).unwrap().len(), last_start as u64);
         drop(j);
     }
@@ -513,7 +514,7 @@ fn flipped_byte_in_the_last_record_drops_it() {
         let (j, rec) = open(dir.path(), config.clone());
         let r = j.read_after(0, usize::MAX).unwrap();
         assert_eq!(r.len(), 2, "flip at {at}");
-        assert_eq!(r[0].payload, Payload::Data(data(0, 20)));
+        assert_eq!(r[0].payload, Payload::Data(data(0, 20).into()));
         assert!(!rec.warnings.is_empty(), "flip at {at}");
         assert!(!rec.needs_resync, "flip at {at}: {:?}", rec.warnings);
         j.close().unwrap();
@@ -534,6 +535,7 @@ fn flipped_byte_in_the_last_record_drops_it() {
             needs_resync: false,
             clean_shutdown: true,
             fsync_always: true,
+            memory_records: false,
             boot_id: state::boot_id(),
         };
         state::write_state(dir.path(), &st).unwrap();
@@ -773,7 +775,7 @@ fn always_appenders_write_during_a_sync_in_flight_and_share_the_next() {
         [1, 2, 3, 4]
     );
     for r in &records[1..] {
-        assert_eq!(r.payload, Payload::Data(data(r.offset / 4096, 400)));
+        assert_eq!(r.payload, Payload::Data(data(r.offset / 4096, 400).into()));
     }
     j.acknowledge(4).unwrap();
 }
@@ -813,7 +815,10 @@ fn concurrent_always_appenders_share_syncs_and_lose_nothing() {
         let mine: Vec<_> = records.iter().filter(|r| r.offset == t * 4096).collect();
         assert_eq!(mine.len(), 40);
         for (i, r) in mine.iter().enumerate() {
-            assert_eq!(r.payload, Payload::Data(data(t * 100 + i as u64, 300)));
+            assert_eq!(
+                r.payload,
+                Payload::Data(data(t * 100 + i as u64, 300).into())
+            );
         }
     }
     drop(j);
@@ -926,7 +931,10 @@ proptest! {
     /// inside `dirty_ranges`, whatever the sequence of appends, acks,
     /// overflows, resyncs and restarts.
     #[test]
-    fn change_log_covers_every_unacknowledged_write(ops in proptest::collection::vec(arb_op(), 1..60)) {
+    fn change_log_covers_every_unacknowledged_write(
+        ops in proptest::collection::vec(arb_op(), 1..60),
+        memory_bytes in prop_oneof![Just(0u64), Just(10_000u64)],
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let config = JournalConfig {
             segment_bytes: 4096,
@@ -934,6 +942,7 @@ proptest! {
             fsync: FsyncPolicy::Never,
             region_bytes: 4096,
             changelog_rotation: Duration::ZERO,
+            memory_bytes,
         };
         let sizes = [VOL, VOL / 2];
         let mut j = Some(Journal::open(dir.path(), config.clone(), &sizes).unwrap().0);
@@ -1095,4 +1104,239 @@ fn close_shared_records_a_clean_shutdown_and_refuses_later_writes() {
     assert!(!rec.needs_resync);
     assert_eq!(j.last_seq(), 5);
     j.close().unwrap();
+}
+
+/// A journal that keeps up to `memory_bytes` of records in memory, with
+/// 1024-byte segments and no background sync.
+fn mem_cfg(memory_bytes: u64) -> JournalConfig {
+    JournalConfig {
+        fsync: FsyncPolicy::Never,
+        memory_bytes,
+        ..cfg()
+    }
+}
+
+/// Encoded size of a record with `len` bytes of data.
+fn rec_bytes(len: usize) -> u64 {
+    PayloadRef::Data(&vec![0; len]).encoded_len() as u64
+}
+
+/// Every record after `after`, read the way the replicator does: in
+/// bounded batches until the end.
+fn read_all_after(j: &Journal, mut after: Seq) -> Vec<Record> {
+    let mut out = Vec::new();
+    loop {
+        let batch = j.read_after(after, 250).unwrap();
+        let Some(last) = batch.last() else {
+            return out;
+        };
+        after = last.seq;
+        out.extend(batch);
+    }
+}
+
+#[test]
+fn memory_mode_keeps_records_off_disk_while_the_replica_keeps_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), mem_cfg(1 << 20));
+    for i in 1..=20u64 {
+        assert_eq!(logged(j.append(0, i * 512, &data(i, 100)).unwrap()), i);
+    }
+    assert_eq!(logged(j.append_zero(1, 0, 8192).unwrap()), 21);
+    assert!(
+        seg_files(dir.path()).is_empty(),
+        "records reached a segment"
+    );
+    assert_eq!(j.bytes(), 20 * rec_bytes(100) + rec_bytes(0));
+    let all = read_all_after(&j, 0);
+    assert_eq!(all.len(), 21);
+    for (i, r) in all.iter().take(20).enumerate() {
+        let i = i as u64 + 1;
+        assert_eq!((r.seq, r.volume, r.offset), (i, 0, i * 512));
+        assert_eq!(r.payload, Payload::Data(data(i, 100).into()));
+    }
+    assert_eq!(all[20].payload, Payload::Zero(8192));
+    assert_eq!(j.read_after(5, usize::MAX).unwrap(), all[5..].to_vec());
+    // Nothing is reported durable that is only in memory.
+    assert_eq!(j.durable(), 0);
+    j.acknowledge(21).unwrap();
+    assert_eq!(j.bytes(), 0);
+    assert!(j.read_after(21, usize::MAX).unwrap().is_empty());
+    assert!(seg_files(dir.path()).is_empty());
+    j.close().unwrap();
+    let (j, rec) = open(dir.path(), mem_cfg(1 << 20));
+    assert!(rec.clean_shutdown && !rec.needs_resync, "{rec:?}");
+    assert_eq!(logged(j.append(0, 0, b"x").unwrap()), 22);
+}
+
+#[test]
+fn memory_mode_spills_the_oldest_records_when_the_replica_falls_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mem_cfg(5 * rec_bytes(100));
+    let (j, _) = open(dir.path(), config.clone());
+    for i in 1..=20u64 {
+        logged(j.append(0, i * 512, &data(i, 100)).unwrap());
+    }
+    // Records 1 to 15 went to segments, 16 to 20 are in memory.
+    assert!(!seg_files(dir.path()).is_empty());
+    let on_disk: u64 = seg_files(dir.path())
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len() - SEGMENT_HEADER_BYTES)
+        .sum();
+    assert_eq!(on_disk, 15 * rec_bytes(100));
+    assert_eq!(j.bytes(), 20 * rec_bytes(100));
+    let all = read_all_after(&j, 0);
+    let seqs: Vec<Seq> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    for r in &all {
+        assert_eq!(r.payload, Payload::Data(data(r.seq, 100).into()));
+    }
+    // A read that starts on disk stops at the last record there; the next
+    // one goes on from memory.
+    assert_eq!(j.read_after(14, usize::MAX).unwrap(), all[14..15].to_vec());
+    assert_eq!(j.read_after(15, usize::MAX).unwrap(), all[15..].to_vec());
+    j.acknowledge(10).unwrap();
+    assert_eq!(j.bytes(), 10 * rec_bytes(100));
+    assert_eq!(read_all_after(&j, 10), all[10..].to_vec());
+    // A sync writes what memory holds and makes all of it durable.
+    j.sync().unwrap();
+    assert_eq!(j.durable(), 20);
+    assert_eq!(read_all_after(&j, 10), all[10..].to_vec());
+    logged(j.append(0, 0, &data(21, 100)).unwrap());
+    // A clean close writes memory to the segments: nothing to resync.
+    j.close().unwrap();
+    let (j, rec) = open(dir.path(), config);
+    assert!(rec.clean_shutdown && !rec.needs_resync, "{rec:?}");
+    let after = read_all_after(&j, 10);
+    assert_eq!(after.len(), 11);
+    assert_eq!(after[..10], all[10..]);
+    assert_eq!(after[10].payload, Payload::Data(data(21, 100).into()));
+    assert_eq!(logged(j.append(0, 0, b"y").unwrap()), 22);
+}
+
+#[test]
+fn a_record_larger_than_memory_goes_to_a_segment_after_the_older_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), mem_cfg(3 * rec_bytes(100)));
+    logged(j.append(0, 0, &data(1, 100)).unwrap());
+    logged(j.append(0, 0, &data(2, 100)).unwrap());
+    logged(j.append(0, 0, &data(3, 2000)).unwrap());
+    logged(j.append(0, 0, &data(4, 100)).unwrap());
+    let all = read_all_after(&j, 0);
+    let lens: Vec<u64> = all.iter().map(Record::len).collect();
+    assert_eq!(lens, [100, 100, 2000, 100]);
+    assert_eq!(all[2].payload, Payload::Data(data(3, 2000).into()));
+    j.sync().unwrap();
+    assert_eq!(j.durable(), 4);
+}
+
+#[test]
+fn a_crash_with_records_in_memory_needs_resync_and_never_reuses_their_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mem_cfg(1 << 20);
+    {
+        let (j, _) = open(dir.path(), config.clone());
+        for i in 1..=5u64 {
+            logged(j.append(1, i * 4096, &data(i, 100)).unwrap());
+        }
+        j.acknowledge(2).unwrap();
+        // Dropped without close, as by kill -9 (same boot).
+    }
+    let (j, rec) = open(dir.path(), config.clone());
+    assert!(
+        !rec.clean_shutdown && rec.needs_resync && j.needs_resync(),
+        "{rec:?}"
+    );
+    assert!(
+        rec.warnings.iter().any(|w| w.contains("only in memory")),
+        "{:?}",
+        rec.warnings
+    );
+    // Records 3 to 5 are gone, and the change log still covers them.
+    let dirty = j.dirty_ranges(1);
+    for i in 3..=5u64 {
+        let r = i * 4096..i * 4096 + 100;
+        assert!(
+            dirty.iter().any(|d| d.start <= r.start && r.end <= d.end),
+            "{r:?} not in {dirty:?}"
+        );
+    }
+    // The replica may have applied them: their seqs are never handed out again.
+    let next = logged(j.append(0, 0, b"z").unwrap());
+    assert!(next > 5, "seq {next} reused");
+    let base = j.resync_started().unwrap();
+    j.resync_completed(base).unwrap();
+    assert!(!j.needs_resync());
+    assert!(j.read_after(base, usize::MAX).unwrap().is_empty());
+    let after = logged(j.append(0, 0, b"w").unwrap());
+    assert_eq!(after, next + 1);
+    assert_eq!(j.read_after(base, usize::MAX).unwrap().len(), 1);
+    j.close().unwrap();
+    // Without memory mode, the same crash in the same boot loses nothing.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (j, _) = open(dir.path(), mem_cfg(0));
+        logged(j.append(0, 0, b"x").unwrap());
+    }
+    let (_, rec) = open(dir.path(), mem_cfg(0));
+    assert!(!rec.clean_shutdown && !rec.needs_resync, "{rec:?}");
+}
+
+#[test]
+fn memory_bytes_is_ignored_under_always() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        memory_bytes: 1 << 20,
+        ..cfg()
+    };
+    let (j, _) = open(dir.path(), config.clone());
+    logged(j.append(0, 0, &data(1, 100)).unwrap());
+    assert_eq!(j.durable(), 1);
+    assert_eq!(seg_files(dir.path()).len(), 1);
+    drop(j);
+    let (j, rec) = open(dir.path(), config);
+    assert!(!rec.needs_resync, "{rec:?}");
+    assert_eq!(j.read_after(0, usize::MAX).unwrap().len(), 1);
+}
+
+#[test]
+fn an_overflow_discards_the_records_in_memory_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        max_bytes: 10 * rec_bytes(100),
+        ..mem_cfg(4 * rec_bytes(100))
+    };
+    let (j, _) = open(dir.path(), config);
+    for i in 1..=10u64 {
+        logged(j.append(0, i * 4096, &data(i, 100)).unwrap());
+    }
+    assert_eq!(
+        j.append(0, 0, &data(11, 100)).unwrap(),
+        Appended::Overflowed
+    );
+    assert!(j.needs_resync());
+    assert_eq!(j.bytes(), 0);
+    assert!(matches!(
+        j.read_after(0, usize::MAX),
+        Err(JournalError::Gap { .. })
+    ));
+    let base = j.resync_started().unwrap();
+    j.resync_completed(base).unwrap();
+    let next = logged(j.append(0, 0, &data(12, 100)).unwrap());
+    assert_eq!(j.read_after(base, usize::MAX).unwrap()[0].seq, next);
+}
+
+#[test]
+fn close_shared_writes_the_records_in_memory_before_calling_the_shutdown_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path(), mem_cfg(1 << 20));
+    for i in 1..=3u64 {
+        logged(j.append(0, 0, &data(i, 100)).unwrap());
+    }
+    j.close_shared().unwrap();
+    drop(j);
+    let (j, rec) = open(dir.path(), mem_cfg(1 << 20));
+    assert!(rec.clean_shutdown && !rec.needs_resync, "{rec:?}");
+    assert_eq!(rec.records, 3);
+    assert_eq!(read_all_after(&j, 0).len(), 3);
 }

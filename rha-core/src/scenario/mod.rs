@@ -115,6 +115,7 @@ impl Scenario {
                     max_size_mb: 4096,
                     fsync: FsyncPolicy::Always,
                     fsync_interval_ms: 100,
+                    memory_mb: 64,
                 },
                 is_alive: IsAlive {
                     enabled: true,
@@ -200,6 +201,7 @@ impl Scenario {
                     max_size_mb: 8192,
                     fsync: FsyncPolicy::Always,
                     fsync_interval_ms: 100,
+                    memory_mb: 64,
                 },
                 is_alive: IsAlive::default(),
                 switchover: Switchover {

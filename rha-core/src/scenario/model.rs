@@ -387,6 +387,14 @@ pub struct JournalSettings {
     /// With `fsync = "interval"`: milliseconds between flushes (default 100).
     #[serde(default = "default_fsync_interval_ms")]
     pub fsync_interval_ms: u64,
+    /// With `fsync = "interval"` or `"never"`: MiB of the newest
+    /// unacknowledged changes kept only in memory, written to the journal's
+    /// files only when the replica falls this far behind (default 64; 0
+    /// writes every change to the files). A replica that keeps up then
+    /// costs the master no journal I/O; a crash of the master resyncs the
+    /// regions the change log marks instead of replaying those changes.
+    #[serde(default = "default_journal_memory_mb")]
+    pub memory_mb: u64,
 }
 
 /// When the journal is flushed to stable storage.
@@ -779,6 +787,9 @@ fn default_fsync() -> FsyncPolicy {
 }
 fn default_fsync_interval_ms() -> u64 {
     100
+}
+fn default_journal_memory_mb() -> u64 {
+    64
 }
 fn default_interval_secs() -> u64 {
     30

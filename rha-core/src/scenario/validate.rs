@@ -788,6 +788,12 @@ fn check_journal(c: &mut Checker, s: &Scenario) {
     if j.fsync == FsyncPolicy::Interval && j.fsync_interval_ms == 0 {
         c.error("journal.fsync_interval_ms", "An fsync interval of 0 ms means every write; use `fsync = \"always\"` instead, or set a positive interval.");
     }
+    if j.fsync != FsyncPolicy::Always && j.max_size_mb > 0 && j.memory_mb >= j.max_size_mb {
+        c.warning(
+            "journal.memory_mb",
+            format!("`memory_mb` ({}) is not below `max_size_mb` ({}): the journal overflows (and resynchronises) before a single change reaches its files; keep `memory_mb` well below `max_size_mb`.", j.memory_mb, j.max_size_mb),
+        );
+    }
     if j.fsync == FsyncPolicy::Never {
         c.warning("journal.fsync", "With `fsync = \"never\"` a power failure on the master can lose journalled changes and force a full resynchronisation; prefer `always` or `interval`.");
     }

@@ -805,7 +805,7 @@ mod tests {
                 seq: 2 * n - 1 + i as u64,
                 volume: 0,
                 offset: region * REGION,
-                payload: Payload::Data(vec![n as u8; REGION as usize]),
+                payload: Payload::Data(vec![n as u8; REGION as usize].into()),
             })
             .collect()
     }

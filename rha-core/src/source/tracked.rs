@@ -164,6 +164,28 @@ pub struct TrackedVolume {
 }
 
 impl TrackedVolume {
+    /// Journals a write of `len` bytes at `offset` as one record per chunk
+    /// of at most [`MAX_WRITE_RECORD`] bytes: a record must fit in one
+    /// message of the wire protocol (and a batch of them in one frame),
+    /// whatever the caller's write size. `append` journals the chunk at a
+    /// volume offset, given as a range of the caller's data; the caller's
+    /// order lock keeps the chunks together in sequence.
+    fn journal_chunks(
+        &self,
+        offset: u64,
+        len: usize,
+        append: impl Fn(u64, Range<usize>) -> Result<Appended, JournalError>,
+    ) -> Result<(), VolumeError> {
+        let mut at = 0;
+        while at < len {
+            let end = len.min(at + MAX_WRITE_RECORD);
+            let pos = offset + at as u64;
+            self.journalled(pos, append(pos, at..end))?;
+            at = end;
+        }
+        Ok(())
+    }
+
     fn journalled(
         &self,
         offset: u64,
@@ -198,15 +220,20 @@ impl Volume for TrackedVolume {
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
         crate::volume::check_range(self, "write", offset, data.len() as u64)?;
         let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        // One record per chunk: a record must fit in one message of the wire
-        // protocol (and a batch of them in one frame), whatever the caller's
-        // write size. The order lock keeps the chunks together in sequence.
-        let mut at = offset;
-        for chunk in data.chunks(MAX_WRITE_RECORD) {
-            self.journalled(at, self.journal.append(self.id, at, chunk))?;
-            at += chunk.len() as u64;
-        }
+        self.journal_chunks(offset, data.len(), |pos, r| {
+            self.journal.append(self.id, pos, &data[r])
+        })?;
         self.inner.write_at(offset, data)
+    }
+    /// As [`TrackedVolume::write_at`], but the journal keeps (slices of)
+    /// `data` itself for the records it holds in memory, without a copy.
+    fn write_bytes(&self, offset: u64, data: bytes::Bytes) -> Result<(), VolumeError> {
+        crate::volume::check_range(self, "write", offset, data.len() as u64)?;
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        self.journal_chunks(offset, data.len(), |pos, r| {
+            self.journal.append_bytes(self.id, pos, data.slice(r))
+        })?;
+        self.inner.write_at(offset, &data)
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         crate::volume::check_range(self, "zero", offset, len)?;

@@ -72,10 +72,37 @@ pub trait SyncPeer {
     fn end_sync(&mut self, base: Seq) -> Result<(), SyncError>;
     /// Applies an ordered batch of journal records; returns the durably applied sequence.
     fn apply(&mut self, records: &[Record]) -> Result<Seq, SyncError>;
+    /// Sends a batch of records for the replica to apply after every
+    /// batch sent before it, without waiting for the answer where the peer
+    /// can (the network transport), so that several batches are in flight
+    /// ([`Pipeline`]). [`SyncPeer::wait_applied`] takes the answers, in the
+    /// order the batches were sent. The default applies the batch at once.
+    fn send_apply(&mut self, records: &[Record]) -> Result<PendingApply, SyncError> {
+        self.apply(records).map(PendingApply::Done)
+    }
+    /// The answer to a batch sent with [`SyncPeer::send_apply`]: the
+    /// durably applied sequence, as [`SyncPeer::apply`] returns it.
+    fn wait_applied(&mut self, pending: PendingApply) -> Result<Seq, SyncError> {
+        match pending {
+            PendingApply::Done(seq) => Ok(seq),
+            PendingApply::InFlight(req) => Err(SyncError::Link(format!(
+                "request {req} is in flight on a peer that does not pipeline batches"
+            ))),
+        }
+    }
     /// Declares the replica consistent at `seq`.
     fn mark_consistent(&mut self, seq: Seq) -> Result<(), SyncError>;
     /// Bytes sent to and received from the replica so far.
     fn traffic(&self) -> Traffic;
+}
+
+/// A batch sent with [`SyncPeer::send_apply`] whose answer has not been taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingApply {
+    /// The peer applied the batch at once: its answer.
+    Done(Seq),
+    /// The peer's id of the request in flight.
+    InFlight(u64),
 }
 
 /// Bytes exchanged with the replica.
@@ -105,6 +132,10 @@ pub struct SyncOptions {
     pub batch_bytes: usize,
     /// Passes to make when the journal overflows during synchronisation.
     pub max_passes: u32,
+    /// Batches of journal records in flight at once during replication
+    /// ([`Pipeline`]): while the replica applies one, the next ones are on
+    /// the way.
+    pub pipeline_depth: usize,
 }
 
 impl SyncOptions {
@@ -116,6 +147,7 @@ impl SyncOptions {
             force_full_verification: false,
             batch_bytes: 4 << 20,
             max_passes: 8,
+            pipeline_depth: DEFAULT_PIPELINE_DEPTH,
         }
     }
 }
@@ -341,6 +373,174 @@ pub fn catch_up(
     Ok((at, replayed))
 }
 
+/// Default [`SyncOptions::pipeline_depth`]: 4 batches (16 MiB of 4 MiB batches).
+pub const DEFAULT_PIPELINE_DEPTH: usize = 4;
+
+/// Continuous replication with several batches in flight: the master
+/// reads and sends the next batches while the replica applies the
+/// previous one, instead of waiting for each answer (stop and wait). The
+/// replica applies batches in the order sent, so its state is always a
+/// prefix of the journal, as with one batch at a time; the master
+/// acknowledges a batch only once the replica has answered it.
+///
+/// ```text
+///   step(): fewer than depth in flight and records after `sent`?
+///             yes → read a batch after `sent`, send_apply, sent = its last seq
+///             no  → wait_applied(oldest) → source.acknowledge(seq)
+/// ```
+#[derive(Debug)]
+pub struct Pipeline {
+    depth: usize,
+    /// The last seq sent to the replica.
+    sent: Seq,
+    /// The last seq the replica answered as applied.
+    applied: Seq,
+    in_flight: std::collections::VecDeque<InFlight>,
+    /// The peer's traffic when statistics were last updated.
+    traffic: Option<Traffic>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    pending: PendingApply,
+    records: u64,
+    data_bytes: u64,
+}
+
+/// What one [`Pipeline::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Sent a batch whose last record has this seq.
+    Sent(Seq),
+    /// The replica answered the oldest batch in flight: it holds every
+    /// record up to this seq, which the source has acknowledged.
+    Applied(Seq),
+    /// Nothing in flight and nothing to send.
+    Idle,
+}
+
+impl Pipeline {
+    /// A pipeline that goes on after seq `at` (which the replica holds),
+    /// with up to `depth` batches in flight (at least one).
+    pub fn new(at: Seq, depth: usize) -> Self {
+        Pipeline {
+            depth: depth.max(1),
+            sent: at,
+            applied: at,
+            in_flight: std::collections::VecDeque::new(),
+            traffic: None,
+        }
+    }
+
+    /// The last seq the replica answered as applied.
+    pub fn applied(&self) -> Seq {
+        self.applied
+    }
+
+    /// Batches sent whose answer has not been taken.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Sends the next batch of at most `batch_bytes` while fewer than the
+    /// depth are in flight and the source has records after the last one
+    /// sent; otherwise takes the answer to the oldest batch in flight and
+    /// acknowledges it on the source. A [`SourceError::Gap`] is reported
+    /// only once nothing is in flight any more.
+    pub fn step(
+        &mut self,
+        source: &dyn ChangeSource,
+        peer: &mut dyn SyncPeer,
+        batch_bytes: usize,
+        events: &Events,
+    ) -> Result<Step, SyncError> {
+        if self.in_flight.len() < self.depth {
+            match source.changes_after(self.sent, batch_bytes) {
+                Ok(records) => {
+                    if let Some(last) = records.last().map(|r| r.seq) {
+                        if self.traffic.is_none() {
+                            self.traffic = Some(peer.traffic());
+                        }
+                        let pending = peer.send_apply(&records)?;
+                        self.in_flight.push_back(InFlight {
+                            pending,
+                            records: records.len() as u64,
+                            data_bytes: records.iter().map(Record::data_bytes).sum(),
+                        });
+                        self.sent = last;
+                        return Ok(Step::Sent(last));
+                    }
+                }
+                // What is in flight was read before the gap: answer it first.
+                Err(SourceError::Gap { .. }) if !self.in_flight.is_empty() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(batch) = self.in_flight.pop_front() else {
+            return Ok(Step::Idle);
+        };
+        let acked = peer.wait_applied(batch.pending)?;
+        source.acknowledge(acked)?;
+        self.applied = self.applied.max(acked);
+        let now = peer.traffic();
+        let before = self.traffic.replace(now).unwrap_or(now);
+        record_applied(
+            source,
+            events,
+            acked,
+            batch.records,
+            batch.data_bytes,
+            before,
+            now,
+        );
+        Ok(Step::Applied(acked))
+    }
+
+    /// Takes the answers to every batch in flight; returns the last seq
+    /// the replica applied.
+    pub fn drain(
+        &mut self,
+        source: &dyn ChangeSource,
+        peer: &mut dyn SyncPeer,
+        events: &Events,
+    ) -> Result<Seq, SyncError> {
+        // With the depth at zero no step sends: each takes an answer.
+        let depth = std::mem::replace(&mut self.depth, 0);
+        let res = (|| {
+            while !self.in_flight.is_empty() {
+                self.step(source, peer, 0, events)?;
+            }
+            Ok(self.applied)
+        })();
+        self.depth = depth;
+        res
+    }
+}
+
+/// Updates the statistics after the replica applied a batch of `records`
+/// records with `data_bytes` bytes of data, up to seq `acked`, while the
+/// peer's traffic went from `before` to `now`.
+fn record_applied(
+    source: &dyn ChangeSource,
+    events: &Events,
+    acked: Seq,
+    records: u64,
+    data_bytes: u64,
+    before: Traffic,
+    now: Traffic,
+) {
+    let stats = events.stats();
+    Stats::add(&stats.sent_bytes, now.sent - before.sent);
+    Stats::add(&stats.received_bytes, now.received - before.received);
+    Stats::add(&stats.changed_bytes, data_bytes);
+    Stats::add(&stats.records_applied, records);
+    Stats::set(&stats.applied_seq, acked);
+    let last = source.last_seq();
+    Stats::set(&stats.lag_records, last.saturating_sub(acked));
+    Stats::set(&stats.lag_bytes, source.pending_bytes());
+    Stats::set(&stats.journal_bytes, source.pending_bytes());
+}
+
 /// Sends one batch of the records after `after` to the replica and
 /// acknowledges it on the master. `None` when there was nothing to send.
 pub fn replicate_once(
@@ -358,17 +558,8 @@ pub fn replicate_once(
     let acked = peer.apply(&records)?;
     source.acknowledge(acked)?;
     let t1 = peer.traffic();
-    let stats = events.stats();
     let bytes: u64 = records.iter().map(Record::data_bytes).sum();
-    Stats::add(&stats.sent_bytes, t1.sent - t0.sent);
-    Stats::add(&stats.received_bytes, t1.received - t0.received);
-    Stats::add(&stats.changed_bytes, bytes);
-    Stats::add(&stats.records_applied, records.len() as u64);
-    Stats::set(&stats.applied_seq, acked);
-    let last = source.last_seq();
-    Stats::set(&stats.lag_records, last.saturating_sub(acked));
-    Stats::set(&stats.lag_bytes, source.pending_bytes());
-    Stats::set(&stats.journal_bytes, source.pending_bytes());
+    record_applied(source, events, acked, records.len() as u64, bytes, t0, t1);
     Ok(Some((acked, records.len() as u64)))
 }
 

@@ -53,6 +53,13 @@ pub trait Volume: Send + Sync + std::fmt::Debug {
     /// Writes `data` at `offset`.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError>;
 
+    /// [`Volume::write_at`] of a buffer the volume may keep a reference to
+    /// instead of copying it (a [`crate::source::TrackedVolume`] holds it in
+    /// its journal's memory). The default writes it with `write_at`.
+    fn write_bytes(&self, offset: u64, data: bytes::Bytes) -> Result<(), VolumeError> {
+        self.write_at(offset, &data)
+    }
+
     /// Makes `len` bytes at `offset` read as zeros, deallocating them where possible.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError>;
 
@@ -72,6 +79,9 @@ impl<V: Volume + ?Sized> Volume for std::sync::Arc<V> {
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
         (**self).write_at(offset, data)
+    }
+    fn write_bytes(&self, offset: u64, data: bytes::Bytes) -> Result<(), VolumeError> {
+        (**self).write_bytes(offset, data)
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         (**self).write_zeroes(offset, len)

@@ -534,7 +534,8 @@ impl MasterScenario {
         let source = &*self.source;
         let options = SyncOptions::from(&self.scenario.sync);
         let mut peer = RemotePeer::new(link.clone());
-        let mut at = self.prepare(&mut peer, &options)?;
+        let mut pipeline =
+            sync::Pipeline::new(self.prepare(&mut peer, &options)?, options.pipeline_depth);
         let mut last_stats = Instant::now() - STATS_EVERY;
         let mut last_ack = Instant::now();
         self.set_state("replicating");
@@ -544,7 +545,9 @@ impl MasterScenario {
             }
             let asked = ask.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some((a, reply)) = asked {
-                let result = self.finish_for_switchover(&mut peer, at, a);
+                let result = pipeline
+                    .drain(source, &mut peer, &self.events)
+                    .and_then(|at| self.finish_for_switchover(&mut peer, at, a));
                 let _ = reply.send(result.map_err(|e| e.to_string()));
                 return Ok(());
             }
@@ -555,12 +558,10 @@ impl MasterScenario {
                     json: self.stats_json(),
                 });
             }
-            match sync::replicate_once(source, &mut peer, at, options.batch_bytes, &self.events) {
-                Ok(Some((seq, _))) => {
-                    at = seq;
-                    last_ack = Instant::now();
-                }
-                Ok(None) => {
+            match pipeline.step(source, &mut peer, options.batch_bytes, &self.events) {
+                Ok(sync::Step::Sent(_)) => {}
+                Ok(sync::Step::Applied(_)) => last_ack = Instant::now(),
+                Ok(sync::Step::Idle) => {
                     // Acknowledging again while idle lets the change log
                     // rotate, so the marks of regions written before the
                     // pause age out and a crash now resyncs nothing.
@@ -575,7 +576,7 @@ impl MasterScenario {
                     // resynchronise the regions the change log marks.
                     let report = sync::synchronise(source, &mut peer, &options, &self.events)?;
                     self.set_state("replicating");
-                    at = report.consistent_seq;
+                    pipeline = sync::Pipeline::new(report.consistent_seq, options.pipeline_depth);
                 }
                 Err(e) => return Err(e),
             }

@@ -8,10 +8,10 @@ use bytes::BytesMut;
 use rha_core::hash::{Hash, Node};
 use rha_core::journal::Record;
 use rha_core::sink::ReplicaState;
-use rha_core::sync::{SyncError, SyncPeer, Traffic};
+use rha_core::sync::{PendingApply, SyncError, SyncPeer, Traffic};
 use rha_core::{Seq, VolumeId};
 
-use crate::link::{Link, LinkError};
+use crate::link::{Link, LinkError, PendingAnswer};
 use crate::wire::{Codec, Message};
 
 /// How long the replica may take to answer one request (an end-of-sync
@@ -27,13 +27,19 @@ pub struct RemotePeer {
     link: Link,
     /// Encodes synchronisation data straight from the caller's buffer.
     encoder: Codec,
+    /// `Apply` requests sent by [`SyncPeer::send_apply`], by request id.
+    applying: std::collections::HashMap<u64, PendingAnswer>,
 }
 
 impl RemotePeer {
     /// A peer over `link`.
     pub fn new(link: Link) -> Self {
         let encoder = link.encoder();
-        RemotePeer { link, encoder }
+        RemotePeer {
+            link,
+            encoder,
+            applying: std::collections::HashMap::new(),
+        }
     }
 
     fn call(
@@ -127,8 +133,32 @@ impl SyncPeer for RemotePeer {
     }
 
     fn apply(&mut self, records: &[Record]) -> Result<Seq, SyncError> {
+        let pending = self.send_apply(records)?;
+        self.wait_applied(pending)
+    }
+
+    /// Sends the `Apply` request and returns at once: the records' data is
+    /// shared, not copied, and the replica answers requests in order.
+    fn send_apply(&mut self, records: &[Record]) -> Result<PendingApply, SyncError> {
         let records = records.to_vec();
-        match self.call("Apply", |req| Message::Apply { req, records })? {
+        let answer = self
+            .link
+            .send_request_blocking(|req| Message::Apply { req, records })
+            .map_err(link_error)?;
+        let req = answer.req();
+        self.applying.insert(req, answer);
+        Ok(PendingApply::InFlight(req))
+    }
+
+    fn wait_applied(&mut self, pending: PendingApply) -> Result<Seq, SyncError> {
+        let req = match pending {
+            PendingApply::Done(seq) => return Ok(seq),
+            PendingApply::InFlight(req) => req,
+        };
+        let answer = self.applying.remove(&req).ok_or_else(|| {
+            SyncError::Link(format!("no Apply request {req} is in flight on this link"))
+        })?;
+        match answer.wait("Apply", ANSWER_TIMEOUT).map_err(link_error)? {
             Message::Applied { seq, .. } => Ok(seq),
             other => Err(link_error(self.link.unexpected("Apply", &other))),
         }

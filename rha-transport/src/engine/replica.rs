@@ -1418,7 +1418,7 @@ mod tests {
                 seq,
                 volume: 0,
                 offset: seq * 4096,
-                payload: Payload::Data(vec![seq as u8; 4096]),
+                payload: Payload::Data(vec![seq as u8; 4096].into()),
             })
             .collect()
     }

@@ -536,7 +536,10 @@ fn execute(
         }
         NBD_CMD_WRITE => {
             let data = payload.unwrap_or_default();
-            volume.write_at(r.offset, &data).map_err(volume_refusal)?;
+            // The journal keeps the buffer for the records it holds in memory.
+            volume
+                .write_bytes(r.offset, data.into())
+                .map_err(volume_refusal)?;
         }
         // TRIM zeroes through the journal, so the replica stays equal to
         // the master (reads after a trim return zeros on both).

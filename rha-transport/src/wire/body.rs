@@ -696,7 +696,7 @@ fn decode_body_in(t: u8, payload: &[u8], shared: Option<&Bytes>) -> Result<Messa
                 let volume = r.u32("record volume")?;
                 let offset = r.u64("record offset")?;
                 let payload = match r.u8("record payload kind")? {
-                    PAYLOAD_DATA => Payload::Data(r.bytes("record data")?),
+                    PAYLOAD_DATA => Payload::Data(r.shared_bytes("record data")?),
                     PAYLOAD_ZERO => Payload::Zero(r.u64("record zero length")?),
                     k => return Err(r.err(format!("unknown record payload kind {k}"))),
                 };
