@@ -20,6 +20,7 @@ qemu-nbd). Installs nothing: it names what is missing and stops.
 
     python3 benches/nbd.py [--rha target/release/rha] [--work DIR] [--size-mib 1024]
                            [--loads seq,random] [--appliance-data DIR] [--fsync interval]
+                           [--memory-mb N]
 """
 
 import argparse
@@ -134,6 +135,8 @@ def main():
                     help="comma-separated loads to run (seq, random); the verdict needs both")
     ap.add_argument("--fsync", default="interval", choices=["interval", "never", "always"],
                     help="the scenario's journal fsync policy (default interval, as the README recommends)")
+    ap.add_argument("--memory-mb", type=int, default=None,
+                    help="the scenario's journal memory_mb (default: the scenario's default, 64)")
     ap.add_argument("--appliance-data", default=None,
                     help="the appliance's data directory (default: inside --work); e.g. a tmpfs, "
                          "to see how much of the figure the appliance's own I/O costs")
@@ -202,6 +205,7 @@ directory = "journal"
 max_size_mb = 4096
 fsync = "{args.fsync}"
 fsync_interval_ms = 100
+{"" if args.memory_mb is None else f"memory_mb = {args.memory_mb}"}
 
 [capture]
 method = "nbd"
@@ -284,6 +288,8 @@ memory_mb = 512
     if args.appliance_data:
         report["appliance_data"] = args.appliance_data
     report["journal_fsync"] = args.fsync
+    if args.memory_mb is not None:
+        report["journal_memory_mb"] = args.memory_mb
     print(json.dumps(report, indent=2))
     if set(loads) != {"seq", "random"}:
         print("target: not judged (run both loads for the verdict)")

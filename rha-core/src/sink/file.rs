@@ -156,10 +156,17 @@ struct Inner {
     /// Size of the redo log file (its entries and stale bytes after them).
     redo_len: u64,
     last_checkpoint: Instant,
+    /// `redo_pos` when the disks' writeback was last started.
+    hinted_at: u64,
     /// An earlier failure after which the disks' or the log's state is unknown.
     failed: Option<String>,
     buf: Vec<u8>,
 }
+
+/// Bytes of redo log written between two starts of the disks' writeback
+/// ([`FileSink`] starts it without waiting, so that a checkpoint's sync
+/// has little left to do).
+pub const WRITEBACK_HINT_BYTES: u64 = 16 << 20;
 
 impl FileSink {
     /// Creates a replica in `dir` (created if missing) with empty disks of the given sizes.
@@ -290,6 +297,7 @@ impl FileSink {
                 redo_pos: 0,
                 redo_len,
                 last_checkpoint: Instant::now(),
+                hinted_at: 0,
                 failed: None,
                 buf: Vec::new(),
             }),
@@ -364,9 +372,11 @@ impl FileSink {
             inner.failed = Some(e.to_string());
             return Err(e);
         }
+        self.drop_cached_pages();
         // From here the saved state names the new cycle: the entries left in
         // the log are stale and are overwritten from the start, never replayed.
         inner.redo_pos = 0;
+        inner.hinted_at = 0;
         inner.last_checkpoint = Instant::now();
         Ok(())
     }
@@ -445,8 +455,29 @@ impl FileSink {
         inner.redo.sync_data().map_err(io("fdatasync", &path))
     }
 
+    /// Drops the disks' pages (clean after a checkpoint's sync) from the page
+    /// cache. The replica never reads them back while replicating, and
+    /// pages cached in large folios (a synchronisation's or a sequential
+    /// load's large writes) make every later small write into them several
+    /// times as costly for the kernel: random 4 KiB writes into a disk so
+    /// cached ran at a quarter of the rate. Only a hint.
+    fn drop_cached_pages(&self) {
+        for f in &self.disks {
+            // SAFETY: posix_fadvise on a file descriptor this sink owns; no memory is passed.
+            let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            if rc != 0 {
+                tracing::debug!(
+                    "replica {}: posix_fadvise: {}",
+                    self.dir.display(),
+                    std::io::Error::from_raw_os_error(rc)
+                );
+            }
+        }
+    }
+
     /// Starts writing the disks' dirty pages back without waiting, so that
-    /// the next checkpoint's sync has little left to do. Only a hint.
+    /// the next checkpoint's sync has little left to do. Only a hint, given
+    /// each time [`WRITEBACK_HINT_BYTES`] more were logged.
     fn start_writeback(&self) {
         for f in &self.disks {
             // SAFETY: sync_file_range on a file descriptor this sink owns; no memory is passed.
@@ -531,7 +562,13 @@ impl ReplicaSink for FileSink {
             inner.failed = Some(e.to_string());
             return Err(e);
         }
-        self.start_writeback();
+        // Not after every batch: the writeback of a few small writes each
+        // time cost the appliance more CPU than the writes themselves
+        // (a page rewritten soon after is then written back twice).
+        if inner.redo_pos - inner.hinted_at >= WRITEBACK_HINT_BYTES {
+            inner.hinted_at = inner.redo_pos;
+            self.start_writeback();
+        }
         inner.file.state.applied = last.seq;
         if inner.redo_pos >= self.policy.bytes
             || inner.last_checkpoint.elapsed() >= self.policy.interval
@@ -1097,6 +1134,47 @@ mod tests {
         fs::write(path.join(REDO_FILE), &v1).unwrap();
         let sink = FileSink::open(&path).unwrap();
         assert_eq!(sink.state().applied, 2);
+        assert_eq!(regions(&sink), expected(1));
+    }
+
+    /// Pages of `path` resident in the page cache (mincore).
+    fn resident_pages(path: &Path) -> usize {
+        use std::os::unix::io::AsRawFd;
+        let f = File::open(path).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        let page = 4096;
+        // SAFETY: a read-only shared mapping of a file we opened, unmapped
+        // below; mincore only writes into `vec`, which has a byte per page.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(addr, libc::MAP_FAILED);
+            let mut vec = vec![0u8; len.div_ceil(page)];
+            let rc = libc::mincore(addr, len, vec.as_mut_ptr());
+            libc::munmap(addr, len);
+            assert_eq!(rc, 0);
+            vec.iter().filter(|&&b| b & 1 == 1).count()
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_leaves_the_disks_out_of_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r");
+        let sink = manual_sink(&path, DiskFormat::Raw);
+        sink.apply(&batch(1)).unwrap();
+        let disk = sink.disk_paths()[0].clone();
+        // Both written regions are cached after the apply.
+        assert!(resident_pages(&disk) >= 2 * (REGION as usize / 4096));
+        sink.checkpoint().unwrap();
+        assert_eq!(resident_pages(&disk), 0);
+        // The data is where it was written.
         assert_eq!(regions(&sink), expected(1));
     }
 }

@@ -246,7 +246,8 @@ impl Codec {
                 self.scratch = Vec::new();
             }
             msg?
-        } else if t == ty::WRITE {
+        } else if t == ty::WRITE || t == ty::APPLY {
+            // Bulk data stays where it arrived (a sync's writes, a batch's records).
             return Self::decode_shared(t, buf, frame_len).map(Some);
         } else {
             decode_body(t, payload)?
@@ -331,6 +332,38 @@ mod tests {
         assert_eq!(m, Message::Ok { req: 0x0102 });
         assert_eq!(used, n);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn an_apply_batch_decodes_with_its_data_left_in_the_frame() {
+        use rha_core::journal::{Payload, Record};
+        let mut c = Codec::new(DEFAULT_MAX_FRAME);
+        let data = vec![0x5a; 8192];
+        let msg = Message::Apply {
+            req: 3,
+            records: vec![Record {
+                seq: 9,
+                volume: 0,
+                offset: 4096,
+                payload: Payload::Data(data.clone().into()),
+            }],
+        };
+        let mut out = BytesMut::new();
+        c.encode(&msg, &mut out).unwrap();
+        let (start, end) = (out.as_ptr() as usize, out.as_ptr() as usize + out.len());
+        let (m, _) = c.decode(&mut out).unwrap().unwrap();
+        assert_eq!(m, msg);
+        let Message::Apply { records, .. } = m else {
+            unreachable!()
+        };
+        let Payload::Data(got) = &records[0].payload else {
+            unreachable!()
+        };
+        let at = got.as_ptr() as usize;
+        assert!(
+            start <= at && at + got.len() <= end,
+            "the record's data was copied"
+        );
     }
 
     #[test]
