@@ -656,6 +656,17 @@ fn every_rule_reports_its_own_finding() {
         ),
         (
             Local,
+            |s| {
+                s.journal.fsync = FsyncPolicy::Interval;
+                s.journal.max_size_mb = 512;
+                s.journal.memory_mb = 512;
+            },
+            "journal.memory_mb",
+            Warning,
+            "overflows",
+        ),
+        (
+            Local,
             |s| s.is_alive.checks.clear(),
             "is_alive.checks",
             Error,

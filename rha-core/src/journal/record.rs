@@ -22,6 +22,7 @@
 
 use super::{Payload, Record};
 use crate::{Seq, VolumeId};
+use bytes::Bytes;
 
 /// Magic number at the start of every record: `"RHJR"` read as a little-endian `u32`.
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"RHJR");
@@ -222,6 +223,17 @@ pub fn record_len(buf: &[u8]) -> Result<Option<usize>, RecordError> {
 /// before the record does, or `Err` if the bytes cannot be a valid record.
 /// The length is validated before the data is copied.
 pub fn decode_record(buf: &[u8]) -> Result<Option<(Record, usize)>, RecordError> {
+    decode_in(buf, None)
+}
+
+/// [`decode_record`] of a buffer the record may share: its data is a
+/// slice of `buf`, not a copy.
+pub fn decode_record_shared(buf: &Bytes) -> Result<Option<(Record, usize)>, RecordError> {
+    decode_in(buf, Some(buf))
+}
+
+/// Decodes from `buf`, which is `shared` when that is given.
+fn decode_in(buf: &[u8], shared: Option<&Bytes>) -> Result<Option<(Record, usize)>, RecordError> {
     let Some(len) = record_len(buf)? else {
         return Ok(None);
     };
@@ -245,7 +257,11 @@ pub fn decode_record(buf: &[u8]) -> Result<Option<(Record, usize)>, RecordError>
     let data_len = (len - RECORD_HEADER_BYTES) as u64;
     let payload = match kind {
         KIND_DATA if payload_len == data_len => {
-            Payload::Data(bytes[RECORD_HEADER_BYTES..].to_vec().into())
+            let data = &bytes[RECORD_HEADER_BYTES..];
+            Payload::Data(match shared {
+                Some(whole) => whole.slice_ref(data),
+                None => Bytes::copy_from_slice(data),
+            })
         }
         KIND_ZERO if data_len == 0 => Payload::Zero(payload_len),
         KIND_DATA | KIND_ZERO => {

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::record::{decode_record, record_len, RecordError};
+use super::record::{decode_record, decode_record_shared, record_len, RecordError};
 use super::{JournalError, Record};
 use crate::Seq;
 
@@ -134,7 +134,10 @@ pub(crate) fn read_next(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result
     if m < len - 8 {
         return Ok(Next::Short((8 + m) as u64));
     }
-    Ok(match decode_record(buf) {
+    // The record's data stays in the buffer it was read into (no copy).
+    let whole = bytes::Bytes::from(std::mem::take(buf));
+    let decoded = decode_record_shared(&whole);
+    Ok(match decoded {
         Ok(Some((rec, used))) => Next::Record(rec, used as u64),
         Ok(None) => Next::Short(len as u64),
         Err(e) => Next::Corrupt(e),

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use rha_core::cloud::{CloudError, DiskRef, VmSpec};
 use rha_core::events::{Event, Events};
+use rha_core::journal::Record;
 use rha_core::scenario::{Check, Product, Replica, Scenario, SwitchoverMode};
 use rha_core::sync::{LocalPeer, SyncPeer};
 use rha_core::Seq;
@@ -1160,6 +1161,9 @@ pub(crate) struct BookmarkAsk {
     done: oneshot::Sender<Result<Option<PointInfo>, TargetError>>,
 }
 
+/// Most bytes of data [`Writer::apply_group`] applies as one batch.
+const GROUP_BYTES: u64 = 64 << 20;
+
 /// What the replica writer needs besides the disks.
 struct ApplyContext<'a> {
     dir: &'a Path,
@@ -1186,8 +1190,13 @@ fn apply_loop(
         ctx,
     };
     let mut held: Option<VecDeque<Message>> = None;
-    while let Some(item) = rx.blocking_recv() {
+    // An item taken from the channel while grouping batches, to handle next.
+    let mut next: Option<Item> = None;
+    while let Some(item) = next.take().or_else(|| rx.blocking_recv()) {
         match item {
+            Item::Wire(Message::Apply { req, records }) if held.is_none() => {
+                next = w.apply_group(req, records, &mut rx);
+            }
             Item::Wire(m) => match held.as_mut() {
                 Some(q) => q.push_back(m),
                 None => w.handle(m),
@@ -1228,6 +1237,67 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// Applies the `Apply` batch `req` together with the `Apply` batches
+    /// already queued behind it that continue it (group commit: one redo
+    /// log entry and one fdatasync for all, up to [`GROUP_BYTES`] of data),
+    /// then answers each. The master keeps several batches in flight
+    /// (`sync::Pipeline`), so under load they queue while one is applied.
+    /// Returns an item taken from `rx` that is not part of the group.
+    fn apply_group(
+        &mut self,
+        req: u64,
+        mut records: Vec<Record>,
+        rx: &mut mpsc::Receiver<Item>,
+    ) -> Option<Item> {
+        // Each batch's last seq (0 for an empty one).
+        let last_of = |r: &[Record]| r.last().map_or(0, |x| x.seq);
+        let mut batches = vec![(req, last_of(&records))];
+        let mut bytes: u64 = records.iter().map(Record::data_bytes).sum();
+        let mut leftover = None;
+        while bytes < GROUP_BYTES {
+            let Ok(item) = rx.try_recv() else { break };
+            match item {
+                Item::Wire(Message::Apply { req, records: more })
+                    if records
+                        .last()
+                        .is_some_and(|l| more.first().is_some_and(|f| f.seq == l.seq + 1)) =>
+                {
+                    bytes += more.iter().map(Record::data_bytes).sum::<u64>();
+                    batches.push((req, last_of(&more)));
+                    records.extend(more);
+                }
+                other => {
+                    leftover = Some(other);
+                    break;
+                }
+            }
+        }
+        match self.peer.apply(&records) {
+            Ok(seq) => {
+                *self
+                    .ctx
+                    .applied_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = crate::link::now_ms();
+                for (req, last) in batches {
+                    // An empty batch is answered with what the replica holds.
+                    let at = if last == 0 { seq } else { last.min(seq) };
+                    (self.reply)(Message::Applied { req, seq: at });
+                }
+            }
+            Err(e) => {
+                for (req, _) in batches {
+                    (self.reply)(Message::Error {
+                        req,
+                        code: ErrorCode::Replica,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        leftover
+    }
+
     fn handle(&mut self, msg: Message) {
         let error = |req: u64, code: ErrorCode, e: String| Message::Error {
             req,
@@ -1347,7 +1417,9 @@ mod tests {
     use rha_core::cloud::{CloudProvider, VmId, VmInfo, VmState};
     use rha_core::journal::{Payload, Record};
     use rha_core::scenario::Template;
-    use rha_core::sink::{MemSink, ReplicaSink};
+    use rha_core::sink::{MemSink, ReplicaSink, ReplicaState, SinkError};
+    use rha_core::volume::Volume;
+    use rha_core::VolumeId;
 
     use super::super::target::MockReplicaTarget;
     use super::*;
@@ -1423,29 +1495,20 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn held_batches_wait_for_the_bookmark() {
+    /// An `Apply` of records `from..=to` as request `req`.
+    fn apply(req: u64, from: Seq, to: Seq) -> Item {
+        Item::Wire(Message::Apply {
+            req,
+            records: records(from, to),
+        })
+    }
+
+    /// Runs the apply loop over `items` (queued before it starts) and
+    /// returns its replies.
+    fn run_apply_loop(disks: &dyn ReplicaDisks, items: Vec<Item>) -> Vec<Message> {
         let t = tempfile::tempdir().unwrap();
-        let disks = Disks::new(Vec::new());
         let (tx, rx) = mpsc::channel(16);
-        let (done, mut answer) = oneshot::channel();
-        let apply = |req: u64, from: Seq, to: Seq| {
-            Item::Wire(Message::Apply {
-                req,
-                records: records(from, to),
-            })
-        };
-        for item in [
-            apply(1, 1, 3),
-            Item::Hold,
-            apply(2, 4, 6),
-            Item::Release(Some(BookmarkAsk {
-                name: "b1".into(),
-                seq: 5,
-                done,
-            })),
-            apply(3, 7, 8),
-        ] {
+        for item in items {
             tx.try_send(item).ok().unwrap();
         }
         drop(tx);
@@ -1454,7 +1517,7 @@ mod tests {
         let events = Events::new();
         let applied_at = Mutex::new(0);
         apply_loop(
-            &disks,
+            disks,
             rx,
             &reply,
             &ApplyContext {
@@ -1465,6 +1528,27 @@ mod tests {
                 applied_at: &applied_at,
             },
         );
+        replies.into_inner().unwrap()
+    }
+
+    #[test]
+    fn held_batches_wait_for_the_bookmark() {
+        let disks = Disks::new(Vec::new());
+        let (done, mut answer) = oneshot::channel();
+        let replies = run_apply_loop(
+            &disks,
+            vec![
+                apply(1, 1, 3),
+                Item::Hold,
+                apply(2, 4, 6),
+                Item::Release(Some(BookmarkAsk {
+                    name: "b1".into(),
+                    seq: 5,
+                    done,
+                })),
+                apply(3, 7, 8),
+            ],
+        );
         // Recorded before the held batch (4..6, which spans it) was applied.
         assert_eq!(
             *disks.bookmarks.lock().unwrap(),
@@ -1472,8 +1556,6 @@ mod tests {
         );
         assert!(matches!(answer.try_recv(), Ok(Ok(None))));
         let acks: Vec<Seq> = replies
-            .lock()
-            .unwrap()
             .iter()
             .filter_map(|m| match m {
                 Message::Applied { seq, .. } => Some(*seq),
@@ -1482,6 +1564,94 @@ mod tests {
             .collect();
         assert_eq!(acks, vec![3, 6, 8]);
         assert_eq!(disks.sink.state().applied, 8);
+    }
+
+    /// A sink that counts its `apply` calls.
+    struct Counting {
+        inner: MemSink,
+        applies: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ReplicaSink for Counting {
+        fn volume_count(&self) -> usize {
+            self.inner.volume_count()
+        }
+        fn volume(&self, id: VolumeId) -> Result<Arc<dyn Volume>, SinkError> {
+            self.inner.volume(id)
+        }
+        fn state(&self) -> ReplicaState {
+            self.inner.state()
+        }
+        fn apply(&self, records: &[Record]) -> Result<Seq, SinkError> {
+            self.applies
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.apply(records)
+        }
+        fn begin_sync(&self) -> Result<(), SinkError> {
+            self.inner.begin_sync()
+        }
+        fn end_sync(&self, base: Seq) -> Result<(), SinkError> {
+            self.inner.end_sync(base)
+        }
+        fn mark_consistent(&self, seq: Seq) -> Result<(), SinkError> {
+            self.inner.mark_consistent(seq)
+        }
+    }
+
+    struct CountingDisks(Counting);
+
+    impl ReplicaDisks for CountingDisks {
+        fn sink(&self) -> &dyn ReplicaSink {
+            &self.0
+        }
+        fn locations(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn bookmark(&self, _: &str, _: Seq) -> Result<Option<PointInfo>, TargetError> {
+            Ok(None)
+        }
+        fn points(&self) -> Result<Vec<PointInfo>, TargetError> {
+            Ok(Vec::new())
+        }
+        fn resolve(&self, choice: &PointChoice) -> Result<PointInfo, TargetError> {
+            Err(super::super::target::unknown_point(choice, &[]))
+        }
+    }
+
+    #[test]
+    fn queued_batches_that_follow_on_are_applied_as_one_and_answered_each() {
+        let disks = CountingDisks(Counting {
+            inner: Disks::new(Vec::new()).sink,
+            applies: 0.into(),
+        });
+        // 1..3, 4..6 and 7..8 follow on; 10..11 does not (a gap after 8).
+        let replies = run_apply_loop(
+            &disks,
+            vec![
+                apply(1, 1, 3),
+                apply(2, 4, 6),
+                apply(3, 7, 8),
+                apply(4, 10, 11),
+            ],
+        );
+        let answers: Vec<(u64, Option<Seq>)> = replies
+            .iter()
+            .map(|m| match m {
+                Message::Applied { req, seq } => (*req, Some(*seq)),
+                Message::Error { req, .. } => (*req, None),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            answers,
+            vec![(1, Some(3)), (2, Some(6)), (3, Some(8)), (4, None)]
+        );
+        // One apply for the three that follow on, one (refused) for the last.
+        assert_eq!(
+            disks.0.applies.load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        assert_eq!(disks.0.inner.state().applied, 8);
     }
 
     #[test]

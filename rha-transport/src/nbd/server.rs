@@ -521,11 +521,27 @@ fn volume_refusal(e: VolumeError) -> Refusal {
     }
 }
 
+/// Reads a write's `len` bytes of payload into a buffer that the journal
+/// can keep (not zeroed first: it is read straight into its spare capacity).
+async fn read_payload<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    len: usize,
+) -> std::io::Result<bytes::Bytes> {
+    let mut data = bytes::BytesMut::with_capacity(len);
+    while data.len() < len {
+        let want = (len - data.len()) as u64;
+        if (&mut *rd).take(want).read_buf(&mut data).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(data.freeze())
+}
+
 /// Runs one checked request on the volume (blocking I/O).
 fn execute(
     volume: &dyn Volume,
     r: &Request,
-    payload: Option<Vec<u8>>,
+    payload: Option<bytes::Bytes>,
 ) -> Result<Option<Vec<u8>>, Refusal> {
     let fua = r.flags & NBD_CMD_FLAG_FUA != 0;
     match r.kind {
@@ -537,9 +553,7 @@ fn execute(
         NBD_CMD_WRITE => {
             let data = payload.unwrap_or_default();
             // The journal keeps the buffer for the records it holds in memory.
-            volume
-                .write_bytes(r.offset, data.into())
-                .map_err(volume_refusal)?;
+            volume.write_bytes(r.offset, data).map_err(volume_refusal)?;
         }
         // TRIM zeroes through the journal, so the replica stays equal to
         // the master (reads after a trim return zeros on both).
@@ -740,12 +754,11 @@ where
             _ = until_true(&mut removed) => break End::Shutdown,
         };
         let payload = if req.kind == NBD_CMD_WRITE {
-            let mut data = vec![0u8; bytes];
-            if let Err(e) = rd.read_exact(&mut data).await {
+            match read_payload(&mut rd, bytes).await {
+                Ok(data) => Some(data),
                 // A write whose payload did not arrive was never acknowledged.
-                break End::ClientGone(format!("reading a write's payload: {e}"));
+                Err(e) => break End::ClientGone(format!("reading a write's payload: {e}")),
             }
-            Some(data)
         } else {
             None
         };
