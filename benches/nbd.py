@@ -273,6 +273,9 @@ memory_mb = 512
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if args.appliance_data and adata.exists():
+            # Outside --work (a tmpfs holds it in memory): do not leave it behind.
+            shutil.rmtree(adata, ignore_errors=True)
 
     report = {"image_mib": args.size_mib}
     ok = same
