@@ -44,6 +44,31 @@ fn vhd_volume_conforms() {
     });
 }
 
+/// The write splitter: every write journalled (the newest records held in
+/// memory, as under NBD), then made on a memory volume.
+#[test]
+fn tracked_volume_conforms() {
+    use rha_core::events::Events;
+    use rha_core::journal::{FsyncPolicy, JournalConfig};
+    use rha_core::source::TrackedSet;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sets = Vec::new();
+    run_volume_suite(&mut |size| -> Box<dyn Volume> {
+        let config = JournalConfig {
+            fsync: FsyncPolicy::Never,
+            memory_bytes: 1 << 20,
+            ..JournalConfig::default()
+        };
+        let inner: Arc<dyn Volume> = Arc::new(MemVolume::new(size).unwrap());
+        let journal = dir.path().join(format!("j{}", sets.len()));
+        let (set, _) = TrackedSet::open(journal, config, vec![inner], Events::new()).unwrap();
+        let v = set.volume(0).unwrap();
+        sets.push(set);
+        Box::new(v)
+    });
+}
+
 #[test]
 fn reopened_vhd_volume_conforms() {
     let dir = tempfile::tempdir().unwrap();

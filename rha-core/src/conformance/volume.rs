@@ -156,6 +156,16 @@ fn round_trips(make: &mut dyn FnMut(u64) -> Box<dyn Volume>) {
     ok(v.write_at(3000, &data), CHECK, "overwrite", &*v);
     model[3000..5000].copy_from_slice(&data);
     assert_contents(&*v, &model, CHECK);
+    // The same through a shared buffer, in pieces of one buffer.
+    let shared = bytes::Bytes::from(pattern(123, 0, 12288));
+    ok(
+        v.write_bytes(8192, shared.slice(4096..)),
+        CHECK,
+        "write_bytes",
+        &*v,
+    );
+    model[8192..16384].copy_from_slice(&shared[4096..]);
+    assert_contents(&*v, &model, CHECK);
 }
 
 fn out_of_range_fails_and_changes_nothing(make: &mut dyn FnMut(u64) -> Box<dyn Volume>) {
@@ -191,6 +201,12 @@ fn out_of_range_fails_and_changes_nothing(make: &mut dyn FnMut(u64) -> Box<dyn V
         let mut buf = vec![0xEEu8; n];
         expect_out_of_range(v.read_at(offset, &mut buf), "read", offset, len);
         expect_out_of_range(v.write_at(offset, &vec![0xEE; n]), "write", offset, len);
+        expect_out_of_range(
+            v.write_bytes(offset, vec![0xEE; n].into()),
+            "write_bytes",
+            offset,
+            len,
+        );
         expect_out_of_range(v.write_zeroes(offset, len), "zero", offset, len);
     }
     // Lengths that overflow the offset arithmetic.
