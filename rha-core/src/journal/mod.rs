@@ -70,7 +70,7 @@ use bytes::Bytes;
 pub use record::{decode_record, encode_record, RecordError, MAX_DATA_BYTES};
 
 use changelog::ChangeLog;
-use record::PayloadRef;
+use record::{payload_ref, PayloadRef};
 use segment::{Next, Segment, SEGMENT_HEADER_BYTES};
 use state::State;
 
@@ -427,39 +427,6 @@ pub struct Journal {
     memory: bool,
 }
 
-/// A record held only in memory ([`JournalConfig::memory_bytes`]).
-#[derive(Debug, Clone)]
-struct MemRecord {
-    seq: Seq,
-    volume: VolumeId,
-    offset: u64,
-    payload: MemPayload,
-}
-
-/// The payload of a [`MemRecord`]: shared with the writer's buffer and
-/// with every read of it, never copied.
-#[derive(Debug, Clone)]
-enum MemPayload {
-    Data(Bytes),
-    Zero(u64),
-}
-
-impl MemPayload {
-    fn as_ref(&self) -> PayloadRef<'_> {
-        match self {
-            MemPayload::Data(d) => PayloadRef::Data(d),
-            MemPayload::Zero(n) => PayloadRef::Zero(*n),
-        }
-    }
-
-    fn to_payload(&self) -> Payload {
-        match self {
-            MemPayload::Data(d) => Payload::Data(d.clone()),
-            MemPayload::Zero(n) => Payload::Zero(*n),
-        }
-    }
-}
-
 /// Group commit of the segment files: one fdatasync at a time, run without
 /// the journal's lock for every record appended before it took the file
 /// handles; "durable up to seq N" is recorded only after it finished.
@@ -612,7 +579,7 @@ struct Inner {
     written: Seq,
     /// The newest unacknowledged records, not in any segment: seqs follow
     /// on from the last segment's without a gap ([`JournalConfig::memory_bytes`]).
-    mem: VecDeque<MemRecord>,
+    mem: VecDeque<Record>,
     /// Encoded bytes of the records in `mem`.
     mem_bytes: u64,
     /// Every seq up to this one may have been handed out: the state file's
@@ -1068,12 +1035,13 @@ impl Journal {
         shared: Option<&Bytes>,
     ) -> Result<Appended, JournalError> {
         let len = payload.len();
-        // A copy, if one is needed, is made before taking the lock, so
-        // appenders do not wait for it.
-        let owned = self.memory.then(|| match (payload, shared) {
-            (PayloadRef::Data(_), Some(b)) => MemPayload::Data(b.clone()),
-            (PayloadRef::Data(d), None) => MemPayload::Data(Bytes::copy_from_slice(d)),
-            (PayloadRef::Zero(n), _) => MemPayload::Zero(n),
+        // The payload a record held in memory keeps. A copy, if one is
+        // needed, is made before taking the lock, so appenders do not wait
+        // for it.
+        let keep = self.memory.then(|| match (payload, shared) {
+            (PayloadRef::Data(_), Some(b)) => Payload::Data(b.clone()),
+            (PayloadRef::Data(d), None) => Payload::Data(Bytes::copy_from_slice(d)),
+            (PayloadRef::Zero(n), _) => Payload::Zero(n),
         });
         loop {
             let mut inner = self.lock();
@@ -1087,10 +1055,7 @@ impl Journal {
             // The change log first: it must cover the write whatever happens next.
             match inner.changelog.mark(volume, offset, len)? {
                 None => {
-                    let appended = match &owned {
-                        Some(mem) => inner.append_mem(volume, offset, mem.clone())?,
-                        None => inner.append(volume, offset, payload)?,
-                    };
+                    let appended = inner.append(volume, offset, payload, keep.clone())?;
                     let always = inner.config.fsync == FsyncPolicy::Always;
                     drop(inner);
                     if let (Appended::Logged(seq), true) = (appended, always) {
@@ -1208,18 +1173,7 @@ impl Journal {
             }
             let wanted = after + 1;
             if inner.mem.front().is_some_and(|r| r.seq <= wanted) {
-                let held = inner.mem_after(wanted, max_bytes);
-                drop(inner);
-                // The copies are made without the lock.
-                return Ok(held
-                    .into_iter()
-                    .map(|r| Record {
-                        seq: r.seq,
-                        volume: r.volume,
-                        offset: r.offset,
-                        payload: r.payload.to_payload(),
-                    })
-                    .collect());
+                return Ok(inner.mem_after(wanted, max_bytes));
             }
             // The first record at or after `wanted` must be `wanted` itself.
             let next = inner
@@ -1258,7 +1212,7 @@ impl Journal {
             }
         }
         let mut out = Vec::new();
-        let mut payload = 0usize;
+        let mut budget = ReadBudget::new(max_bytes);
         let mut buf = Vec::new();
         for (path, mut file, start, end, mut seq) in plan {
             file.seek(SeekFrom::Start(start))
@@ -1294,20 +1248,13 @@ impl Journal {
                         })
                     }
                 };
-                let cost = match &rec.payload {
-                    Payload::Data(d) => d.len(),
-                    Payload::Zero(_) => 0,
-                };
-                if !out.is_empty()
-                    && (payload.saturating_add(cost) > max_bytes
-                        || out.len() >= MAX_RECORDS_PER_READ)
-                {
+                if !budget.admits(&rec) {
                     return Ok(out);
                 }
-                payload += cost;
+                let spent = budget.take(&rec);
                 out.push(rec);
                 seq += 1;
-                if payload >= max_bytes {
+                if spent {
                     return Ok(out);
                 }
             }
@@ -1473,6 +1420,39 @@ impl Drop for Journal {
     }
 }
 
+/// What one [`Journal::read_after`] may still return: at least one record,
+/// then records while their payload fits in `max_bytes` and fewer than
+/// [`MAX_RECORDS_PER_READ`] were taken.
+struct ReadBudget {
+    max_bytes: usize,
+    payload: usize,
+    records: usize,
+}
+
+impl ReadBudget {
+    fn new(max_bytes: usize) -> Self {
+        ReadBudget {
+            max_bytes,
+            payload: 0,
+            records: 0,
+        }
+    }
+
+    /// Whether `rec` may be returned after those taken so far.
+    fn admits(&self, rec: &Record) -> bool {
+        self.records == 0
+            || (self.payload.saturating_add(rec.data_bytes() as usize) <= self.max_bytes
+                && self.records < MAX_RECORDS_PER_READ)
+    }
+
+    /// Counts `rec` in; true once the payload has reached `max_bytes`.
+    fn take(&mut self, rec: &Record) -> bool {
+        self.payload += rec.data_bytes() as usize;
+        self.records += 1;
+        self.payload >= self.max_bytes
+    }
+}
+
 /// Refuses a record larger than [`MAX_DATA_BYTES`].
 fn check_record_len(len: usize) -> Result<(), JournalError> {
     if len > MAX_DATA_BYTES {
@@ -1592,13 +1572,17 @@ impl Inner {
         self.config.memory_bytes > 0 && self.config.fsync != FsyncPolicy::Always
     }
 
-    /// Appends a record to the active segment (the caller checked the
-    /// range and made its marks durable).
+    /// Appends a record (the caller checked the range and made its marks
+    /// durable): to `mem` when `keep` (its payload, to keep) is given,
+    /// after spilling the oldest records held there to the active segment
+    /// until it fits in [`JournalConfig::memory_bytes`]; otherwise, or when
+    /// it is larger than that, to the active segment.
     fn append(
         &mut self,
         volume: VolumeId,
         offset: u64,
         payload: PayloadRef<'_>,
+        keep: Option<Payload>,
     ) -> Result<Appended, JournalError> {
         let seq = self.written + 1;
         let rec_len = payload.encoded_len() as u64;
@@ -1606,53 +1590,36 @@ impl Inner {
             self.overflow(rec_len)?;
             return Ok(Appended::Overflowed);
         }
-        self.write_record(seq, volume, offset, payload)?;
+        match keep {
+            Some(payload) => {
+                if seq > self.reserved {
+                    // Durable before the seq is handed out: a crash now must
+                    // not let the next session reuse it.
+                    self.reserved = seq.saturating_add(SEQ_RESERVE);
+                    self.persist_state()?;
+                }
+                while self.mem_bytes + rec_len > self.config.memory_bytes && !self.mem.is_empty() {
+                    self.spill_one()?;
+                }
+                let rec = Record {
+                    seq,
+                    volume,
+                    offset,
+                    payload,
+                };
+                if rec_len > self.config.memory_bytes {
+                    self.write_record(seq, volume, offset, payload_ref(&rec.payload))?;
+                } else {
+                    self.mem.push_back(rec);
+                    self.mem_bytes += rec_len;
+                }
+            }
+            None => self.write_record(seq, volume, offset, payload)?,
+        }
         self.written = seq;
         if self.config.fsync != FsyncPolicy::Always {
             self.visible = seq;
         }
-        self.unacked_bytes += rec_len;
-        Ok(Appended::Logged(seq))
-    }
-
-    /// Appends a record to `mem` (the caller checked the range and made its
-    /// marks durable), first spilling the oldest records held there to the
-    /// active segment until it fits in [`JournalConfig::memory_bytes`]. A
-    /// record larger than that goes straight to the segment.
-    fn append_mem(
-        &mut self,
-        volume: VolumeId,
-        offset: u64,
-        payload: MemPayload,
-    ) -> Result<Appended, JournalError> {
-        let seq = self.written + 1;
-        let rec_len = payload.as_ref().encoded_len() as u64;
-        if self.unacked_bytes + rec_len > self.config.max_bytes {
-            self.overflow(rec_len)?;
-            return Ok(Appended::Overflowed);
-        }
-        if seq > self.reserved {
-            // Durable before the seq is handed out: a crash now must not
-            // let the next session reuse it.
-            self.reserved = seq.saturating_add(SEQ_RESERVE);
-            self.persist_state()?;
-        }
-        while self.mem_bytes + rec_len > self.config.memory_bytes && !self.mem.is_empty() {
-            self.spill_one()?;
-        }
-        if rec_len > self.config.memory_bytes {
-            self.write_record(seq, volume, offset, payload.as_ref())?;
-        } else {
-            self.mem.push_back(MemRecord {
-                seq,
-                volume,
-                offset,
-                payload,
-            });
-            self.mem_bytes += rec_len;
-        }
-        self.written = seq;
-        self.visible = seq;
         self.unacked_bytes += rec_len;
         Ok(Appended::Logged(seq))
     }
@@ -1662,11 +1629,13 @@ impl Inner {
         let Some(rec) = self.mem.pop_front() else {
             return Ok(());
         };
-        if let Err(e) = self.write_record(rec.seq, rec.volume, rec.offset, rec.payload.as_ref()) {
+        if let Err(e) =
+            self.write_record(rec.seq, rec.volume, rec.offset, payload_ref(&rec.payload))
+        {
             self.mem.push_front(rec);
             return Err(e);
         }
-        self.mem_bytes -= rec.payload.as_ref().encoded_len() as u64;
+        self.mem_bytes -= record::encoded_len(&rec) as u64;
         Ok(())
     }
 
@@ -1734,28 +1703,22 @@ impl Inner {
     }
 
     /// The records held in memory from seq `wanted` on (which `mem` holds),
-    /// by the rules of [`Journal::read_after`].
-    fn mem_after(&self, wanted: Seq, max_bytes: usize) -> Vec<MemRecord> {
+    /// by the rules of [`Journal::read_after`]. Their data is shared, not copied.
+    fn mem_after(&self, wanted: Seq, max_bytes: usize) -> Vec<Record> {
         let skip = self.mem.front().map_or(0, |r| wanted.saturating_sub(r.seq));
         let mut out = Vec::new();
-        let mut payload = 0usize;
+        let mut budget = ReadBudget::new(max_bytes);
         for rec in self
             .mem
             .iter()
             .skip(usize::try_from(skip).unwrap_or(usize::MAX))
         {
-            let cost = match &rec.payload {
-                MemPayload::Data(d) => d.len(),
-                MemPayload::Zero(_) => 0,
-            };
-            if !out.is_empty()
-                && (payload.saturating_add(cost) > max_bytes || out.len() >= MAX_RECORDS_PER_READ)
-            {
+            if !budget.admits(rec) {
                 break;
             }
-            payload += cost;
+            let spent = budget.take(rec);
             out.push(rec.clone());
-            if payload >= max_bytes {
+            if spent {
                 break;
             }
         }
@@ -1928,7 +1891,7 @@ impl Inner {
             if front.seq > acked {
                 break;
             }
-            self.mem_bytes -= front.payload.as_ref().encoded_len() as u64;
+            self.mem_bytes -= record::encoded_len(front) as u64;
             self.mem.pop_front();
         }
         while let Some(front) = self.segments.front() {

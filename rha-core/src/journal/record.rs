@@ -130,7 +130,8 @@ pub fn encoded_len(record: &Record) -> usize {
     payload_ref(&record.payload).encoded_len()
 }
 
-fn payload_ref(p: &Payload) -> PayloadRef<'_> {
+/// The borrowed form of `p`.
+pub(crate) fn payload_ref(p: &Payload) -> PayloadRef<'_> {
     match p {
         Payload::Data(d) => PayloadRef::Data(d),
         Payload::Zero(n) => PayloadRef::Zero(*n),
