@@ -142,14 +142,12 @@ impl PendingAnswer {
         match self.rx.recv_timeout(timeout) {
             Ok(answer) => self.link.check_answer(what, answer),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(self.link.closed_error()),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                self.link.lock_pending().remove(&self.req);
-                Err(LinkError::Timeout {
-                    peer: self.link.inner.peer.name.clone(),
-                    what,
-                    seconds: timeout.as_secs(),
-                })
-            }
+            // Drop takes the request out of the pending ones.
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(LinkError::Timeout {
+                peer: self.link.inner.peer.name.clone(),
+                what,
+                seconds: timeout.as_secs(),
+            }),
         }
     }
 }

@@ -476,8 +476,22 @@ impl Pipeline {
                 Err(e) => return Err(e.into()),
             }
         }
+        Ok(match self.answer_oldest(source, peer, events)? {
+            Some(acked) => Step::Applied(acked),
+            None => Step::Idle,
+        })
+    }
+
+    /// Takes the answer to the oldest batch in flight and acknowledges it
+    /// on the source; `None` if nothing is in flight.
+    fn answer_oldest(
+        &mut self,
+        source: &dyn ChangeSource,
+        peer: &mut dyn SyncPeer,
+        events: &Events,
+    ) -> Result<Option<Seq>, SyncError> {
         let Some(batch) = self.in_flight.pop_front() else {
-            return Ok(Step::Idle);
+            return Ok(None);
         };
         let acked = peer.wait_applied(batch.pending)?;
         source.acknowledge(acked)?;
@@ -493,7 +507,7 @@ impl Pipeline {
             before,
             now,
         );
-        Ok(Step::Applied(acked))
+        Ok(Some(acked))
     }
 
     /// Takes the answers to every batch in flight; returns the last seq
@@ -504,16 +518,8 @@ impl Pipeline {
         peer: &mut dyn SyncPeer,
         events: &Events,
     ) -> Result<Seq, SyncError> {
-        // With the depth at zero no step sends: each takes an answer.
-        let depth = std::mem::replace(&mut self.depth, 0);
-        let res = (|| {
-            while !self.in_flight.is_empty() {
-                self.step(source, peer, 0, events)?;
-            }
-            Ok(self.applied)
-        })();
-        self.depth = depth;
-        res
+        while self.answer_oldest(source, peer, events)?.is_some() {}
+        Ok(self.applied)
     }
 }
 
