@@ -45,7 +45,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -462,33 +462,34 @@ impl FileSink {
     /// times as costly for the kernel: random 4 KiB writes into a disk so
     /// cached ran at a quarter of the rate. Only a hint.
     fn drop_cached_pages(&self) {
-        for f in &self.disks {
+        self.hint_disks("posix_fadvise", |fd| {
             // SAFETY: posix_fadvise on a file descriptor this sink owns; no memory is passed.
-            let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            if rc != 0 {
-                tracing::debug!(
-                    "replica {}: posix_fadvise: {}",
-                    self.dir.display(),
-                    std::io::Error::from_raw_os_error(rc)
-                );
+            match unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) } {
+                0 => Ok(()),
+                rc => Err(std::io::Error::from_raw_os_error(rc)),
             }
-        }
+        });
     }
 
     /// Starts writing the disks' dirty pages back without waiting, so that
     /// the next checkpoint's sync has little left to do. Only a hint, given
     /// each time [`WRITEBACK_HINT_BYTES`] more were logged.
     fn start_writeback(&self) {
-        for f in &self.disks {
+        self.hint_disks("sync_file_range", |fd| {
             // SAFETY: sync_file_range on a file descriptor this sink owns; no memory is passed.
-            let rc =
-                unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-            if rc != 0 {
-                tracing::debug!(
-                    "replica {}: sync_file_range: {}",
-                    self.dir.display(),
-                    std::io::Error::last_os_error()
-                );
+            match unsafe { libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+
+    /// Gives each disk a page-cache hint (`what`, for the log): a failure
+    /// only costs speed, so it is logged at debug level and not returned.
+    fn hint_disks(&self, what: &str, hint: impl Fn(RawFd) -> std::io::Result<()>) {
+        for f in &self.disks {
+            if let Err(e) = hint(f.as_raw_fd()) {
+                tracing::debug!("replica {}: {what}: {e}", self.dir.display());
             }
         }
     }
