@@ -1272,21 +1272,29 @@ impl Writer<'_> {
                 }
             }
         }
-        match self.peer.apply(&records) {
+        self.apply_batches(&batches, &records);
+        leftover
+    }
+
+    /// Applies `records`, the batches `batches` (each a request and its
+    /// last seq) in order, as one, and answers each request: every batch
+    /// but the last with its own last seq, the last (as a single batch
+    /// always was) with the sequence the replica now holds.
+    fn apply_batches(&mut self, batches: &[(u64, Seq)], records: &[Record]) {
+        match self.peer.apply(records) {
             Ok(seq) => {
                 *self
                     .ctx
                     .applied_at
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = crate::link::now_ms();
-                for (req, last) in batches {
-                    // An empty batch is answered with what the replica holds.
-                    let at = if last == 0 { seq } else { last.min(seq) };
+                for (i, &(req, last)) in batches.iter().enumerate() {
+                    let at = if i + 1 == batches.len() { seq } else { last };
                     (self.reply)(Message::Applied { req, seq: at });
                 }
             }
             Err(e) => {
-                for (req, _) in batches {
+                for &(req, _) in batches {
                     (self.reply)(Message::Error {
                         req,
                         code: ErrorCode::Replica,
@@ -1295,10 +1303,16 @@ impl Writer<'_> {
                 }
             }
         }
-        leftover
     }
 
     fn handle(&mut self, msg: Message) {
+        let msg = match msg {
+            Message::Apply { req, records } => {
+                let last = records.last().map_or(0, |r| r.seq);
+                return self.apply_batches(&[(req, last)], &records);
+            }
+            other => other,
+        };
         let error = |req: u64, code: ErrorCode, e: String| Message::Error {
             req,
             code,
@@ -1371,13 +1385,6 @@ impl Writer<'_> {
                     Err(e) => reply(error(req, ErrorCode::Replica, e.to_string())),
                 }
             }
-            Message::Apply { req, records } => match peer.apply(&records) {
-                Ok(seq) => {
-                    *applied_at.lock().unwrap_or_else(|e| e.into_inner()) = crate::link::now_ms();
-                    reply(Message::Applied { req, seq })
-                }
-                Err(e) => reply(error(req, ErrorCode::Replica, e.to_string())),
-            },
             Message::MarkConsistent { req, seq } => match peer.mark_consistent(seq) {
                 Ok(()) => {
                     *applied_at.lock().unwrap_or_else(|e| e.into_inner()) = crate::link::now_ms();
