@@ -179,6 +179,13 @@ pub struct JournalConfig {
     pub memory_bytes: u64,
 }
 
+impl JournalConfig {
+    /// Whether records are kept in memory first ([`JournalConfig::memory_bytes`]).
+    fn memory_mode(&self) -> bool {
+        self.memory_bytes > 0 && self.fsync != FsyncPolicy::Always
+    }
+}
+
 impl From<&crate::scenario::JournalSettings> for JournalConfig {
     /// The journal a scenario's `[journal]` section asks for.
     fn from(s: &crate::scenario::JournalSettings) -> Self {
@@ -862,7 +869,7 @@ impl Journal {
         st.seq_floor = last_seq;
         st.clean_shutdown = false;
         st.fsync_always = config.fsync == FsyncPolicy::Always;
-        st.memory_records = config.memory_bytes > 0 && !st.fsync_always;
+        st.memory_records = config.memory_mode();
         st.boot_id = boot_id;
         state::write_state(&dir, &st)?;
         for repair in &repairs {
@@ -932,7 +939,7 @@ impl Journal {
             needs_resync: inner.state.needs_resync,
             warnings,
         };
-        let memory = inner.memory_mode();
+        let memory = inner.config.memory_mode();
         let interval = match inner.config.fsync {
             FsyncPolicy::Interval(d) => Some(d),
             _ => None,
@@ -1565,11 +1572,6 @@ impl Inner {
         self.state.seq_floor = self.written.max(self.reserved);
         self.state_version += 1;
         (self.state_version, self.state.clone())
-    }
-
-    /// Whether records are kept in memory first ([`JournalConfig::memory_bytes`]).
-    fn memory_mode(&self) -> bool {
-        self.config.memory_bytes > 0 && self.config.fsync != FsyncPolicy::Always
     }
 
     /// Appends a record (the caller checked the range and made its marks
