@@ -53,6 +53,7 @@ pub mod cloud;
 pub mod error;
 pub mod events;
 pub mod hash;
+mod iov;
 pub mod journal;
 pub mod scenario;
 pub mod sink;

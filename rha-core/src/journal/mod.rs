@@ -58,7 +58,7 @@ pub mod state;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Seek, SeekFrom, Write};
+use std::io::{BufReader, IoSlice, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -614,7 +614,6 @@ struct Inner {
     failed: Option<String>,
     /// [`Journal::close_shared`] ran: appends are refused.
     closed: bool,
-    buf: Vec<u8>,
     _lock: File,
 }
 
@@ -928,7 +927,6 @@ impl Journal {
             resync: None,
             failed: None,
             closed: false,
-            buf: Vec::new(),
             _lock: lock,
         };
         inner.recount();
@@ -1666,8 +1664,11 @@ impl Inner {
     ) -> Result<(), JournalError> {
         let rec_len = payload.encoded_len() as u64;
         self.ensure_segment(seq, rec_len)?;
-        self.buf.clear();
-        record::encode_parts(seq, volume, offset, payload, &mut self.buf);
+        let header = record::encode_header(seq, volume, offset, payload, record::data_crc(payload));
+        let data: &[u8] = match payload {
+            PayloadRef::Data(d) => d,
+            PayloadRef::Zero(_) => &[],
+        };
         let (Some(seg), Some(file)) = (self.segments.back(), self.active.as_ref()) else {
             return Err(JournalError::Failed {
                 path: self.dir.clone(),
@@ -1679,8 +1680,9 @@ impl Inner {
         // for a group commit after dropping it, and the record stays
         // invisible to readers until then; under Interval a background
         // thread syncs.
-        let res = (&**file)
-            .write_all(&self.buf)
+        // Header and data in one call: the data is not copied first.
+        let mut parts = [IoSlice::new(&header.bytes), IoSlice::new(data)];
+        let res = crate::iov::write_all_vectored(&mut &**file, &mut parts)
             .map_err(io("append record", &path));
         self.active_dirty = true;
         if let Err(e) = res {

@@ -160,27 +160,74 @@ pub(crate) fn encode_parts(
     payload: PayloadRef<'_>,
     out: &mut Vec<u8>,
 ) {
-    let start = out.len();
+    let header = encode_header(seq, volume, offset, payload, data_crc(payload));
+    out.reserve(payload.encoded_len());
+    out.extend_from_slice(&header.bytes);
+    if let PayloadRef::Data(d) = payload {
+        out.extend_from_slice(d);
+    }
+}
+
+/// The CRC32 of a payload's data bytes (of nothing for a zeroed range),
+/// for [`encode_header`].
+pub(crate) fn data_crc(payload: PayloadRef<'_>) -> u32 {
+    match payload {
+        PayloadRef::Data(d) => crc32fast::hash(d),
+        PayloadRef::Zero(_) => crc32fast::hash(&[]),
+    }
+}
+
+/// A record's header, which its data bytes (if any) follow, and the CRC32
+/// of the whole record.
+///
+/// Writers that hand header and data to one vectored write use it instead of
+/// [`encode_parts`], so the data is neither copied nor checksummed twice.
+pub(crate) struct RecordHeader {
+    /// The header bytes.
+    pub(crate) bytes: [u8; RECORD_HEADER_BYTES],
+    /// The CRC32 of the header followed by the data, computed without reading
+    /// the data again: a redo-log entry's checksum combines it.
+    pub(crate) record_crc: u32,
+}
+
+/// Encodes the header of a record whose data bytes have CRC32 `data_crc`
+/// (see [`data_crc`]).
+pub(crate) fn encode_header(
+    seq: Seq,
+    volume: VolumeId,
+    offset: u64,
+    payload: PayloadRef<'_>,
+    data_crc: u32,
+) -> RecordHeader {
     let total = payload.encoded_len();
     let (kind, payload_len) = match payload {
         PayloadRef::Data(d) => (KIND_DATA, d.len() as u64),
         PayloadRef::Zero(n) => (KIND_ZERO, n),
     };
-    out.reserve(total);
-    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+    let data_len = (total - RECORD_HEADER_BYTES) as u64;
+    let mut b = [0u8; RECORD_HEADER_BYTES];
+    b[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
     // Saturate instead of wrapping so an oversized record can never look valid.
-    out.extend_from_slice(&u32::try_from(total).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // CRC, filled in below
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&volume.to_le_bytes());
-    out.extend_from_slice(&[kind, 0, 0, 0]);
-    out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(&payload_len.to_le_bytes());
-    if let PayloadRef::Data(d) = payload {
-        out.extend_from_slice(d);
+    b[4..8].copy_from_slice(&u32::try_from(total).unwrap_or(u32::MAX).to_le_bytes());
+    b[12..20].copy_from_slice(&seq.to_le_bytes());
+    b[20..24].copy_from_slice(&volume.to_le_bytes());
+    b[24] = kind;
+    b[28..36].copy_from_slice(&offset.to_le_bytes());
+    b[36..44].copy_from_slice(&payload_len.to_le_bytes());
+    // The record's CRC covers what follows the CRC field: the rest of the
+    // header, then the data.
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&b[CRC_END..]);
+    crc.combine(&crc32fast::Hasher::new_with_initial_len(data_crc, data_len));
+    let crc = crc.finalize();
+    b[8..CRC_END].copy_from_slice(&crc.to_le_bytes());
+    let mut whole = crc32fast::Hasher::new();
+    whole.update(&b);
+    whole.combine(&crc32fast::Hasher::new_with_initial_len(data_crc, data_len));
+    RecordHeader {
+        bytes: b,
+        record_crc: whole.finalize(),
     }
-    let crc = crc32fast::hash(&out[start + CRC_END..]);
-    out[start + 8..start + CRC_END].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The little-endian `u32` at `at` (the caller checked the length).

@@ -43,7 +43,7 @@
 //! ```
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -53,8 +53,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{unapplied, write_records, ReplicaSink, ReplicaState, SinkError};
-use crate::journal::record::{u32_at, u64_at};
-use crate::journal::{decode_record, encode_record, Record};
+use crate::journal::record::{
+    data_crc, encode_header, payload_ref, u32_at, u64_at, RECORD_HEADER_BYTES,
+};
+use crate::journal::{decode_record, Payload, Record};
 use crate::volume::{FileVolume, VhdVolume, Volume};
 use crate::{Seq, VolumeId};
 
@@ -160,7 +162,8 @@ struct Inner {
     hinted_at: u64,
     /// An earlier failure after which the disks' or the log's state is unknown.
     failed: Option<String>,
-    buf: Vec<u8>,
+    /// The headers of the entry being written (see [`encode_entry_headers`]).
+    headers: Vec<u8>,
 }
 
 /// Bytes of redo log written between two starts of the disks' writeback
@@ -299,7 +302,7 @@ impl FileSink {
                 last_checkpoint: Instant::now(),
                 hinted_at: 0,
                 failed: None,
-                buf: Vec::new(),
+                headers: Vec::new(),
             }),
         })
     }
@@ -427,13 +430,21 @@ impl FileSink {
         Ok(())
     }
 
-    /// Writes the entry in `inner.buf` at the redo log's position and
-    /// fdatasyncs it. Past the log's end, the log first grows zero-filled to
-    /// a multiple of [`REDO_GROW_BYTES`], so that the next batches write
-    /// into blocks that are already allocated and change no file size.
-    fn write_entry(&self, inner: &mut Inner) -> Result<(), SinkError> {
+    /// Writes `records` as one entry at the redo log's position and
+    /// fdatasyncs it; returns the entry's length. The records' data goes to
+    /// the kernel from the records (one vectored write), not through a copy.
+    /// Past the log's end, the log first grows zero-filled to a multiple of
+    /// [`REDO_GROW_BYTES`], so that the next batches write into blocks that
+    /// are already allocated and change no file size.
+    fn write_entry(&self, inner: &mut Inner, records: &[Record]) -> Result<u64, SinkError> {
         let path = self.redo_path();
-        let end = inner.redo_pos + inner.buf.len() as u64;
+        let len = encode_entry_headers(
+            inner.file.redo_cycle,
+            inner.file.state.applied,
+            records,
+            &mut inner.headers,
+        );
+        let end = inner.redo_pos + len;
         if end > inner.redo_len {
             let grown = end.div_ceil(REDO_GROW_BYTES) * REDO_GROW_BYTES;
             let zeros = vec![0u8; (grown - end).min(1 << 20) as usize];
@@ -448,11 +459,11 @@ impl FileSink {
             }
             inner.redo_len = grown;
         }
-        inner
-            .redo
-            .write_all_at(&inner.buf, inner.redo_pos)
+        let mut parts = entry_slices(&inner.headers, records);
+        crate::iov::write_all_vectored_at(&inner.redo, &mut parts, inner.redo_pos)
             .map_err(io("write to", &path))?;
-        inner.redo.sync_data().map_err(io("fdatasync", &path))
+        inner.redo.sync_data().map_err(io("fdatasync", &path))?;
+        Ok(len)
     }
 
     /// Drops the disks' pages (clean after a checkpoint's sync) from the page
@@ -535,29 +546,25 @@ impl ReplicaSink for FileSink {
         for r in todo {
             super::volume_at(&self.volumes, r.volume)?;
         }
-        encode_entry(
-            inner.file.redo_cycle,
-            inner.file.state.applied,
-            todo,
-            &mut inner.buf,
-        );
-        let res = self.write_entry(inner);
-        if let Err(e) = res {
-            // A partly written entry is never replayed: the next one
-            // overwrites it, and until then its checksum fails. After a
-            // failed fdatasync the file's state is unknown.
-            if matches!(
-                &e,
-                SinkError::Io {
-                    op: "fdatasync",
-                    ..
+        let len = match self.write_entry(inner, todo) {
+            Ok(len) => len,
+            Err(e) => {
+                // A partly written entry is never replayed: the next one
+                // overwrites it, and until then its checksum fails. After a
+                // failed fdatasync the file's state is unknown.
+                if matches!(
+                    &e,
+                    SinkError::Io {
+                        op: "fdatasync",
+                        ..
+                    }
+                ) {
+                    inner.failed = Some(e.to_string());
                 }
-            ) {
-                inner.failed = Some(e.to_string());
+                return Err(e);
             }
-            return Err(e);
-        }
-        inner.redo_pos += inner.buf.len() as u64;
+        };
+        inner.redo_pos += len;
         // Durable from here: a failure below is repaired by reopening.
         if let Err(e) = write_records(&self.volumes, todo) {
             inner.failed = Some(e.to_string());
@@ -653,23 +660,59 @@ fn open_redo(path: &Path) -> Result<File, SinkError> {
         .map_err(io("open", path))
 }
 
-/// Encodes `records` (a batch, in order, not empty, following on from
-/// sequence `applied`) as one redo-log entry of `cycle` into `out`.
-fn encode_entry(cycle: u64, applied: Seq, records: &[Record], out: &mut Vec<u8>) {
+/// Encodes the headers of a redo-log entry of `cycle` holding `records` (a
+/// batch, in order, not empty, following on from sequence `applied`) into
+/// `out`: the entry's header, then each record's header. Returns the
+/// entry's length. [`entry_slices`] puts the records' data between them.
+///
+/// The entry's checksum (over what follows its length field) is combined
+/// from the records' CRCs, so each record's data is read once, to checksum
+/// it, and never copied.
+fn encode_entry_headers(cycle: u64, applied: Seq, records: &[Record], out: &mut Vec<u8>) -> u64 {
     out.clear();
     out.resize(REDO_HEADER, 0);
+    let mut body = crc32fast::Hasher::new();
+    let mut len = 0u64;
     for r in records {
-        encode_record(r, out);
+        let payload = payload_ref(&r.payload);
+        let header = encode_header(r.seq, r.volume, r.offset, payload, data_crc(payload));
+        out.extend_from_slice(&header.bytes);
+        let record_len = payload.encoded_len() as u64;
+        body.combine(&crc32fast::Hasher::new_with_initial_len(
+            header.record_crc,
+            record_len,
+        ));
+        len += record_len;
     }
-    let len = (out.len() - REDO_HEADER) as u64;
     let last = records.last().map_or(0, |r| r.seq);
     out[0..8].copy_from_slice(REDO_MAGIC);
     out[8..16].copy_from_slice(&len.to_le_bytes());
     out[16..24].copy_from_slice(&cycle.to_le_bytes());
     out[24..32].copy_from_slice(&applied.to_le_bytes());
     out[32..40].copy_from_slice(&last.to_le_bytes());
-    let crc = entry_crc(&out[8..REDO_CRC_AT], &out[REDO_HEADER..]);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[8..REDO_CRC_AT]);
+    crc.combine(&body);
+    let crc = crc.finalize();
     out[REDO_CRC_AT..REDO_HEADER].copy_from_slice(&crc.to_le_bytes());
+    REDO_HEADER as u64 + len
+}
+
+/// The pieces of the entry whose headers [`encode_entry_headers`] wrote to
+/// `headers`, in file order: its header, then each record's header and data.
+fn entry_slices<'a>(headers: &'a [u8], records: &'a [Record]) -> Vec<IoSlice<'a>> {
+    let mut parts = Vec::with_capacity(1 + 2 * records.len());
+    parts.push(IoSlice::new(&headers[..REDO_HEADER]));
+    for (r, header) in records
+        .iter()
+        .zip(headers[REDO_HEADER..].chunks_exact(RECORD_HEADER_BYTES))
+    {
+        parts.push(IoSlice::new(header));
+        if let Payload::Data(d) = &r.payload {
+            parts.push(IoSlice::new(d));
+        }
+    }
+    parts
 }
 
 fn entry_crc(header: &[u8], payload: &[u8]) -> u32 {
@@ -829,7 +872,56 @@ fn read_redo_v1(path: &Path, bytes: &[u8]) -> Result<Vec<Vec<Record>>, SinkError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::Payload;
+    use crate::journal::encode_record;
+    use bytes::Bytes;
+
+    /// The bytes of the entry [`FileSink`] writes for `records`.
+    fn encode_entry(cycle: u64, applied: Seq, records: &[Record], out: &mut Vec<u8>) {
+        let mut headers = Vec::new();
+        let len = encode_entry_headers(cycle, applied, records, &mut headers);
+        out.clear();
+        for part in entry_slices(&headers, records) {
+            out.extend_from_slice(&part);
+        }
+        assert_eq!(out.len() as u64, len);
+    }
+
+    #[test]
+    fn an_entry_is_its_header_then_the_encoded_records_under_one_checksum() {
+        let mut records = batch(3);
+        records.push(Record {
+            seq: 7,
+            volume: 0,
+            offset: 0,
+            payload: Payload::Zero(REGION),
+        });
+        records.push(Record {
+            seq: 8,
+            volume: 0,
+            offset: 4096,
+            payload: Payload::Data(Bytes::new()),
+        });
+        let mut entry = Vec::new();
+        encode_entry(9, 4, &records, &mut entry);
+        let mut body = Vec::new();
+        for r in &records {
+            encode_record(r, &mut body);
+        }
+        assert_eq!(
+            &entry[REDO_HEADER..],
+            &body[..],
+            "the records as the journal encodes them"
+        );
+        assert_eq!(u64_at(&entry, 8), body.len() as u64);
+        assert_eq!(u64_at(&entry, 16), 9);
+        assert_eq!(u64_at(&entry, 24), 4);
+        assert_eq!(u64_at(&entry, 32), 8);
+        // The combined checksum is the one computed over the bytes.
+        assert_eq!(
+            u32_at(&entry, REDO_CRC_AT),
+            entry_crc(&entry[8..REDO_CRC_AT], &body)
+        );
+    }
 
     const REGION: u64 = 64 << 10;
 
